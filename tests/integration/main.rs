@@ -1,0 +1,13 @@
+//! The integration test binary: every test runs against real servers (RabbitMQ, Redis, vsftpd with
+//! explicit FTPS, an SMTP sink, the platform fake over HTTP). A test whose server is missing fails.
+//!
+//! Modules:
+//! - `harness`: starts and hands out the real servers, one set per test process, each test with its
+//!   own names, accounts and ports.
+//! - `services`: proves each external service is real (AMQP confirm/ack, Redis SET NX PX, FTPS with
+//!   verified certificates, SMTP delivery read back).
+//! - `fake_api`: the platform fake behaves as the public API reference says.
+
+mod fake_api;
+mod harness;
+mod services;
