@@ -7,7 +7,11 @@
 //! - `services`: proves each external service is real (AMQP confirm/ack, Redis SET NX PX, FTPS with
 //!   verified certificates, SMTP delivery read back).
 //! - `fake_api`: the platform fake behaves as the public API reference says.
+//! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
+//! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 
 mod fake_api;
 mod harness;
+mod pipeline;
 mod services;
+mod tenant_env;

@@ -1,1 +1,14 @@
-//! Worker library.
+//! The worker: consumes user-import jobs and runs, for one tenant at a time, fetch (FTPS) → hash
+//! (SHA1 marker) → import (platform API) → report (log, results CSV, email). `main.rs` only parses
+//! flags and builds [`pipeline::Deps`]; everything else is here, testable without a process.
+
+pub mod email;
+pub mod ftps;
+pub mod import;
+pub mod once;
+pub mod outcome;
+pub mod pipeline;
+pub mod platform;
+
+pub use outcome::{Counts, JobError, Outcome};
+pub use pipeline::{Deps, JobContext, process_job};

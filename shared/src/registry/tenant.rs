@@ -1,0 +1,209 @@
+//! One tenant's entry: parsed from its TOML table (defaults merged in), then validated field by
+//! field so an error can name the field.
+
+use serde::Deserialize;
+use url::Url;
+
+use super::Schedule;
+use crate::domain::{EmailAddress, PortalDomain, Region, TenantName};
+
+/// A validated tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: TenantName,
+    pub region: Region,
+    pub portal_domain: PortalDomain,
+    /// Base URL of the platform API for the tenant's region; calls are `POST <base>/<CallName>`.
+    pub api_base_url: Url,
+    pub ftps_host: String,
+    pub ftps_port: u16,
+    pub admin: Admin,
+    pub schedule: Schedule,
+    pub enabled: bool,
+    pub limits: TenantLimits,
+    pub import: ImportOptions,
+}
+
+/// The nominated admin: the identity the import acts as (recorded in the log and the report) and
+/// the recipient of the status report. Never a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub username: String,
+    pub email: EmailAddress,
+}
+
+/// Per-tenant bounds; each may only lower the fleet-wide setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub max_file_bytes: Option<u64>,
+    pub api_concurrency: Option<usize>,
+    pub max_rows: Option<u64>,
+}
+
+/// What an empty cell in the file means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyCells {
+    /// Leave the user's field as it is (the default: a blank column never wipes data).
+    #[default]
+    Keep,
+    /// Clear the field on the user.
+    Clear,
+}
+
+/// How this tenant's file is read and applied.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportOptions {
+    pub empty_cells: EmptyCells,
+    /// Separates group names inside the `Groups` cell.
+    pub groups_separator: char,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            empty_cells: EmptyCells::Keep,
+            groups_separator: ';',
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    region: String,
+    portal_domain: String,
+    api_base_url: String,
+    ftps_host: String,
+    #[serde(default = "default_ftps_port")]
+    ftps_port: u16,
+    admin: RawAdmin,
+    #[serde(default = "default_schedule")]
+    schedule: String,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    #[serde(default = "default_enabled")]
+    enabled: bool,
+    #[serde(default)]
+    limits: TenantLimits,
+    #[serde(default)]
+    import: ImportOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    username: String,
+    email: String,
+}
+
+fn default_ftps_port() -> u16 {
+    21
+}
+fn default_schedule() -> String {
+    Schedule::DEFAULT_EXPR.into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_enabled() -> bool {
+    true
+}
+
+type FieldError = (Option<String>, String);
+
+fn field(name: &str, message: impl std::fmt::Display) -> FieldError {
+    (Some(name.to_owned()), message.to_string())
+}
+
+pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
+    let raw = RawTenant::deserialize(toml::Value::Table(table))
+        .map_err(|e| (super::backticked(e.message()), e.message().trim().to_owned()))?;
+    let name = TenantName::parse(&raw.name).map_err(|e| field("name", e))?;
+    let region = Region::parse(&raw.region).map_err(|e| field("region", e))?;
+    let portal_domain =
+        PortalDomain::parse(&raw.portal_domain).map_err(|e| field("portal_domain", e))?;
+    if portal_domain.first_label() != name.as_str() {
+        return Err(field(
+            "portal_domain",
+            format!(
+                "its first label {:?} must be the tenant's name {:?}",
+                portal_domain.first_label(),
+                name.as_str()
+            ),
+        ));
+    }
+    let api_base_url = parse_api_url(&raw.api_base_url).map_err(|m| field("api_base_url", m))?;
+    if raw.ftps_host.is_empty()
+        || !raw
+            .ftps_host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(field("ftps_host", "must be a hostname or an IP address"));
+    }
+    if raw.ftps_port == 0 {
+        return Err(field("ftps_port", "must be 1 to 65535"));
+    }
+    if raw.admin.username.trim().is_empty() || raw.admin.username.chars().any(char::is_control) {
+        return Err(field("admin.username", "must be a non-empty user name"));
+    }
+    let email = EmailAddress::parse(&raw.admin.email).map_err(|e| field("admin.email", e))?;
+    let schedule =
+        Schedule::parse(&raw.schedule, &raw.timezone).map_err(|(f, m)| field(f, m))?;
+    if raw.limits.api_concurrency == Some(0) {
+        return Err(field("limits.api_concurrency", "must be at least 1"));
+    }
+    if raw.limits.max_file_bytes == Some(0) {
+        return Err(field("limits.max_file_bytes", "must be above 0"));
+    }
+    if raw.import.groups_separator.is_alphanumeric() || raw.import.groups_separator.is_control() {
+        return Err(field(
+            "import.groups_separator",
+            "must be a punctuation character such as ';' or '|'",
+        ));
+    }
+    Ok(Tenant {
+        name,
+        region,
+        portal_domain,
+        api_base_url,
+        ftps_host: raw.ftps_host,
+        ftps_port: raw.ftps_port,
+        admin: Admin {
+            username: raw.admin.username,
+            email,
+        },
+        schedule,
+        enabled: raw.enabled,
+        limits: raw.limits,
+        import: raw.import,
+    })
+}
+
+/// HTTPS, or plain HTTP to a loopback address (the local fake); never credentials in the URL.
+fn parse_api_url(raw: &str) -> Result<Url, String> {
+    let mut url = Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("must use https (plain http is allowed only on loopback)".into()),
+        other => return Err(format!("scheme {other:?} is not http(s)")),
+    }
+    // A trailing slash makes `join("SetUser")` append rather than replace the last segment.
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}

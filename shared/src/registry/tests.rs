@@ -1,0 +1,139 @@
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[defaults]
+timezone = "UTC"
+ftps_port = 2121
+
+[[tenant]]
+name = "acme"
+region = "eu"
+portal_domain = "acme.learning-admin.com"
+api_base_url = "https://api.learning-admin.com/eu"
+ftps_host = "ftp-eu.learning-admin.com"
+admin = { username = "jane.admin", email = "jane@acme.example" }
+limits = { api_concurrency = 4 }
+
+[[tenant]]
+name = "beta"
+region = "us"
+portal_domain = "beta.learning-admin.com"
+api_base_url = "http://127.0.0.1:8089"
+ftps_host = "127.0.0.1"
+ftps_port = 21
+admin = { username = "root", email = "it@beta.example" }
+schedule = "30 2 * * MON-FRI"
+timezone = "America/New_York"
+enabled = false
+import = { empty_cells = "clear", groups_separator = "|" }
+"#;
+
+fn parse(text: &str) -> Result<Registry, RegistryError> {
+    Registry::parse(Path::new("tenants.toml"), text)
+}
+
+#[test]
+fn a_good_registry_loads_with_defaults_applied() -> Result<(), RegistryError> {
+    let r = parse(GOOD)?;
+    assert_eq!(r.len(), 2);
+    let acme = r.get("acme").ok_or_else(|| panic!("acme"))?;
+    assert_eq!(acme.ftps_port, 2121, "from [defaults]");
+    assert_eq!(acme.schedule.expr(), "0 0 * * *", "default schedule");
+    assert!(acme.enabled);
+    assert_eq!(acme.limits.api_concurrency, Some(4));
+    assert_eq!(acme.api_base_url.as_str(), "https://api.learning-admin.com/eu/");
+    let beta = r.get("beta").ok_or_else(|| panic!("beta"))?;
+    assert_eq!(beta.ftps_port, 21, "the tenant overrides [defaults]");
+    assert!(!beta.enabled);
+    assert_eq!(beta.import.empty_cells, EmptyCells::Clear);
+    assert_eq!(beta.import.groups_separator, '|');
+    assert!(r.get("nobody").is_none());
+    assert!(r.get("../etc").is_none());
+    Ok(())
+}
+
+fn error_of(text: &str) -> RegistryError {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+fn acme_with(line_from: &str, line_to: &str) -> String {
+    let text = GOOD.replacen(line_from, line_to, 1);
+    assert_ne!(text, GOOD, "the replacement {line_from:?} must apply");
+    text
+}
+
+#[test]
+fn errors_name_the_file_the_tenant_and_the_field() {
+    let cases = [
+        (acme_with(r#"region = "eu""#, r#"region = "EU""#), "region"),
+        (acme_with(r#"region = "eu""#, r#"regoin = "eu""#), "regoin"),
+        (acme_with(r#"region = "eu""#, ""), "region"),
+        (
+            acme_with("jane@acme.example", "not-an-address"),
+            "admin.email",
+        ),
+        (
+            acme_with(r#"portal_domain = "acme."#, r#"portal_domain = "acne."#),
+            "portal_domain",
+        ),
+        (
+            acme_with("https://api.learning-admin.com/eu", "http://api.learning-admin.com/eu"),
+            "api_base_url",
+        ),
+        (
+            acme_with(r#"timezone = "UTC""#, r#"timezone = "Mars/Olympus""#),
+            "timezone",
+        ),
+        (
+            acme_with("api_concurrency = 4", "api_concurrency = 0"),
+            "limits.api_concurrency",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = error_of(&text);
+        assert_eq!(e.file, Path::new("tenants.toml"));
+        assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        let shown = e.to_string();
+        assert!(shown.contains("tenants.toml") && shown.contains("acme") && shown.contains(field), "{shown}");
+    }
+}
+
+#[test]
+fn a_bad_schedule_names_the_schedule_field() {
+    let text = GOOD.replace("30 2 * * MON-FRI", "every day");
+    let e = error_of(&text);
+    assert_eq!((e.tenant.as_deref(), e.field.as_deref()), (Some("beta"), Some("schedule")));
+}
+
+#[test]
+fn a_tenant_listed_twice_is_refused() {
+    let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[tenant]]").unwrap_or(0)..GOOD.find("[[tenant]]\nname = \"beta\"").unwrap_or(0)]);
+    let e = error_of(&text);
+    assert_eq!(e.field.as_deref(), Some("name"), "{e}");
+}
+
+#[test]
+fn an_entry_without_a_name_is_named_by_its_position() {
+    let e = error_of("[[tenant]]\nregion = \"eu\"\n");
+    assert_eq!(e.tenant.as_deref(), Some("#1"));
+    assert_eq!(e.field.as_deref(), Some("name"), "{e}");
+}
+
+#[test]
+fn toml_syntax_errors_name_the_file() {
+    let e = error_of("[[tenant]\nname=");
+    assert!(e.to_string().starts_with("tenant registry tenants.toml"), "{e}");
+}
+
+#[test]
+fn the_shipped_example_registry_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tenants.example.toml");
+    let r = Registry::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.get("demo").is_some());
+}

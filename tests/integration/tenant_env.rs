@@ -1,0 +1,228 @@
+//! One tenant wired to real servers for a pipeline test: its own FTPS account (user = tenant name,
+//! password = API key), its own platform fake on port 0 knowing that key, the process's SMTP sink,
+//! a registry and settings written to a temp dir, and the worker's `Deps` built from them exactly
+//! as `main` builds them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use platform_fake::{FakeConfig, FakeHandle, TenantSeed};
+use shared::job::Trigger;
+use shared::registry::Registry;
+use shared::registry::secrets::SecretSource;
+use shared::settings::Settings;
+use worker::{Deps, JobContext, JobError, Outcome};
+
+use crate::harness::{self, FtpAccount, ReceivedMail};
+
+pub const HEADER: &str = "Username,First name,Surname,Email address,Department,Groups,Account state";
+
+pub struct TenantEnv {
+    pub account: FtpAccount,
+    pub fake: FakeHandle,
+    pub domain: String,
+    pub admin_email: String,
+    /// Holds the registry, settings and work files for the test's lifetime.
+    pub _dir: tempfile::TempDir,
+    pub deps: Deps,
+}
+
+/// What a test may change before the `Deps` are built.
+pub struct Options {
+    /// The key the platform fake accepts (default: the FTPS password, as in production).
+    pub api_key_on_platform: Option<String>,
+    /// The CA file the worker trusts (default: the harness CA).
+    pub ca_file: Option<PathBuf>,
+    pub concurrency: usize,
+    pub extra_settings: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            api_key_on_platform: None,
+            ca_file: None,
+            concurrency: 4,
+            extra_settings: String::new(),
+        }
+    }
+}
+
+impl TenantEnv {
+    pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Self {
+        let ftps = harness::ftps().await;
+        let smtp = harness::smtp().await;
+        let account = ftps.create_account();
+        let domain = format!("{}.learning-admin.com", account.user);
+        let platform_key = opts
+            .api_key_on_platform
+            .clone()
+            .unwrap_or_else(|| account.password.clone());
+        let fake = platform_fake::spawn(FakeConfig {
+            tenants: vec![TenantSeed::new(domain.clone(), platform_key)],
+            ..FakeConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the platform fake: {e}"));
+        let admin_email = format!("admin@{}.example.com", account.user);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let registry = format!(
+            r#"
+[[tenant]]
+name = "{user}"
+region = "eu"
+portal_domain = "{domain}"
+api_base_url = "{base}"
+ftps_host = "{host}"
+ftps_port = {port}
+admin = {{ username = "{user}.admin", email = "{admin_email}" }}
+"#,
+            user = account.user,
+            base = fake.base_url(),
+            host = ftps.host,
+            port = ftps.port,
+        );
+        let registry_path = dir.path().join("tenants.toml");
+        std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
+        let settings = format!(
+            r#"
+work_dir = "{work}"
+[registry]
+file = "{registry}"
+[ftps]
+ca_file = "{ca}"
+connect_timeout = "5s"
+io_timeout = "20s"
+[smtp]
+host = "{smtp_host}"
+port = {smtp_port}
+tls = "none"
+from = "User import <user-import@fleet.example.com>"
+timeout = "10s"
+[platform]
+request_timeout = "3s"
+max_attempts = 12
+backoff_base = "20ms"
+backoff_max = "500ms"
+retry_after_max = "2s"
+status_poll_interval = "20ms"
+status_timeout = "10s"
+[import]
+concurrency = {concurrency}
+progress_every = 2
+{extra}
+"#,
+            work = dir.path().display(),
+            registry = registry_path.display(),
+            ca = opts.ca_file.as_ref().unwrap_or(&ftps.ca_file).display(),
+            smtp_host = smtp.host,
+            smtp_port = smtp.port,
+            concurrency = opts.concurrency,
+            extra = opts.extra_settings,
+        );
+        let settings_path = dir.path().join("settings.toml");
+        std::fs::write(&settings_path, settings).unwrap_or_else(|e| panic!("{e}"));
+        let env = HashMap::from([(SecretSource::env_var_for(&name(&account.user)), account.password.clone())]);
+        let settings = Settings::load(Some(&settings_path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let registry = Registry::load(&registry_path).unwrap_or_else(|e| panic!("{e}"));
+        let secrets = SecretSource::new(None, &env);
+        let deps = Deps::build(settings, registry, secrets).unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            account,
+            fake,
+            domain,
+            admin_email,
+            _dir: dir,
+            deps,
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.account.user
+    }
+
+    pub fn upload(&self, csv: &str) {
+        self.account.put("uploads/user-import.csv", csv.as_bytes());
+    }
+
+    pub async fn run(&self) -> Result<Outcome, JobError> {
+        worker::process_job(
+            &self.deps,
+            self.tenant(),
+            JobContext {
+                job_id: uuid::Uuid::new_v4(),
+                trigger: Trigger::Manual,
+            },
+        )
+        .await
+    }
+
+    pub async fn run_imported(&self) -> worker::Counts {
+        match self.run().await {
+            Ok(Outcome::Imported { counts, .. }) => counts,
+            other => panic!("expected an import, got {other:?}\nlog:\n{}", self.log()),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.account
+            .read("log/user-import.log")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The reports on the account, by name.
+    pub fn reports(&self) -> Vec<String> {
+        let mut r = self.account.list("reports");
+        r.sort();
+        r
+    }
+
+    pub fn report(&self, name: &str) -> String {
+        String::from_utf8(self.account.read(&format!("reports/{name}")).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn markers(&self) -> Vec<String> {
+        self.account
+            .list("tmp")
+            .into_iter()
+            .filter(|n| n.ends_with(".sha1"))
+            .collect()
+    }
+
+    pub async fn mails(&self, n: usize) -> Vec<ReceivedMail> {
+        harness::smtp()
+            .await
+            .wait_for_messages(&self.admin_email, n, Duration::from_secs(20))
+            .await
+    }
+}
+
+fn name(s: &str) -> shared::TenantName {
+    shared::TenantName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses a report CSV into rows of cells (header first).
+pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let mut r = csv_reader(text);
+    r.records()
+        .map(|rec| {
+            rec.unwrap_or_else(|e| panic!("report is not CSV: {e}"))
+                .iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+}

@@ -1,0 +1,294 @@
+//! Applies one valid row to the platform. Strategy (documented in docs/import-format.md): ask
+//! `GetUser` first, then send only what differs — create a missing user, update changed fields and
+//! add missing groups, then activate or deactivate if the state differs — and follow every accepted
+//! write to its final status. A create answered 409 (someone created the user meanwhile, or our
+//! earlier attempt did get through) falls back to the update path once. Users are never deleted.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::import::row::{RowInput, StateChange};
+use crate::platform::model::{UserRecord, WriteResult};
+use crate::platform::{ApiError, PlatformClient};
+
+/// What was done for a row, as written in the report's `action` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    None,
+}
+
+/// The row's final result, as written in the report's `result` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    Created,
+    Updated,
+    Unchanged,
+    Invalid,
+    Failed,
+    Unconfirmed,
+}
+
+impl RowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Created => "created",
+            RowStatus::Updated => "updated",
+            RowStatus::Unchanged => "unchanged",
+            RowStatus::Invalid => "invalid",
+            RowStatus::Failed => "failed",
+            RowStatus::Unconfirmed => "unconfirmed",
+        }
+    }
+
+    pub fn is_problem(self) -> bool {
+        matches!(self, RowStatus::Invalid | RowStatus::Failed | RowStatus::Unconfirmed)
+    }
+}
+
+/// One line of the per-record report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowResult {
+    pub line: u64,
+    pub username: String,
+    /// What was sent, e.g. `create`, `update+deactivate`, `none`.
+    pub action: String,
+    pub status: RowStatus,
+    pub message: String,
+}
+
+/// The platform refused our credentials in the middle of the import: the job stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsRefused(pub u16);
+
+/// Everything a row needs besides its input.
+#[derive(Debug)]
+pub struct ApplyContext<'a> {
+    pub client: &'a PlatformClient,
+    /// Mandatory profile fields a new user must have: (key, label).
+    pub mandatory: &'a [(String, String)],
+}
+
+pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, CredentialsRefused> {
+    let mut steps: Vec<&'static str> = Vec::new();
+    let line = row.line;
+    let shown = row.new_username.clone().unwrap_or_else(|| row.username.clone());
+    let result = run(ctx, &row, &mut steps).await;
+    let action = if steps.is_empty() {
+        "none".to_owned()
+    } else {
+        steps.join("+")
+    };
+    let (status, message) = match result {
+        Ok((status, message)) => (status, message),
+        Err(Failure::Credentials(code)) => return Err(CredentialsRefused(code)),
+        Err(Failure::Invalid(m)) => (RowStatus::Invalid, m),
+        Err(Failure::Failed(m)) => (RowStatus::Failed, m),
+        Err(Failure::Unconfirmed(m)) => (RowStatus::Unconfirmed, m),
+    };
+    Ok(RowResult {
+        line,
+        username: shown,
+        action,
+        status,
+        message,
+    })
+}
+
+enum Failure {
+    Credentials(u16),
+    Invalid(String),
+    Failed(String),
+    Unconfirmed(String),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Credentials(code) => Failure::Credentials(code),
+            ApiError::NotFound => Failure::Failed("the user no longer exists".into()),
+            other => Failure::Failed(other.to_string()),
+        }
+    }
+}
+
+async fn run(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    steps: &mut Vec<&'static str>,
+) -> Result<(RowStatus, String), Failure> {
+    let c = ctx.client;
+    let mut current = c.get_user(&row.username).await?;
+    let mut uid = row.username.clone();
+    let mut rename = row.new_username.clone();
+    if current.is_none()
+        && let Some(new) = &row.new_username
+        && let Some(renamed) = c.get_user(new).await?
+    {
+        // Renamed by an earlier run: carry on with the new name.
+        current = Some(renamed);
+        uid = new.clone();
+        rename = None;
+    }
+    let mut notes = Vec::new();
+    let mut status = match current {
+        None => match create(ctx, row, steps).await? {
+            Created::Yes => RowStatus::Created,
+            Created::Exists => {
+                // Created meanwhile (or our own earlier attempt got through): update instead.
+                steps.pop();
+                uid = row.new_username.clone().unwrap_or_else(|| row.username.clone());
+                rename = None;
+                let now = c
+                    .get_user(&uid)
+                    .await?
+                    .ok_or_else(|| Failure::Failed("create answered 409 but the user is not there".into()))?;
+                update(ctx, row, &uid, None, &now, steps, &mut notes).await?
+            }
+        },
+        Some(ref user) => {
+            if row.password.is_some() {
+                notes.push("password ignored for an existing user");
+            }
+            update(ctx, row, &uid, rename.as_deref(), user, steps, &mut notes).await?
+        }
+    };
+    if let Some(new) = rename.filter(|_| steps.contains(&"update")) {
+        uid = new;
+    }
+    let wanted = row.state;
+    if let Some(change) = wanted {
+        let already = match (&current, change) {
+            (None, StateChange::Activate) => true, // new users start activated
+            (None, StateChange::Deactivate) => false,
+            (Some(u), StateChange::Activate) => is_state(u, "activated"),
+            (Some(u), StateChange::Deactivate) => is_state(u, "deactivated"),
+        };
+        if !already {
+            let action = match change {
+                StateChange::Activate => "activate",
+                StateChange::Deactivate => "deactivate",
+            };
+            steps.push(action);
+            let tid = c
+                .set_user(&json!({"params": {"action": action, "uid": uid}}))
+                .await?;
+            follow(c, &tid, &uid).await?;
+            if status == RowStatus::Unchanged {
+                status = RowStatus::Updated;
+            }
+        }
+    }
+    Ok((status, notes.join("; ")))
+}
+
+fn is_state(user: &UserRecord, state: &str) -> bool {
+    user.state
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case(state))
+}
+
+enum Created {
+    Yes,
+    Exists,
+}
+
+async fn create(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    steps: &mut Vec<&'static str>,
+) -> Result<Created, Failure> {
+    let missing: Vec<&str> = ctx
+        .mandatory
+        .iter()
+        .filter(|(key, _)| !row.profile.iter().any(|(k, v)| k == key && !v.is_empty()))
+        .map(|(_, label)| label.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::Invalid(format!(
+            "a new user needs {}",
+            missing.join(", ")
+        )));
+    }
+    let username = row.new_username.as_deref().unwrap_or(&row.username);
+    let mut profile = Map::new();
+    profile.insert("username".into(), Value::String(username.to_owned()));
+    for (k, v) in &row.profile {
+        if !v.is_empty() {
+            profile.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    let mut body = json!({
+        "params": {"action": "create", "send_welcome": false},
+        "profile": profile,
+    });
+    if let Some(pw) = &row.password {
+        body["password"] = json!({"value": pw});
+    }
+    if !row.groups.is_empty() {
+        body["groups"] = Value::Array(row.groups.iter().map(|g| json!({"name": g})).collect());
+    }
+    steps.push("create");
+    match ctx.client.set_user(&body).await {
+        Ok(tid) => {
+            follow(ctx.client, &tid, username).await?;
+            Ok(Created::Yes)
+        }
+        Err(ApiError::Conflict) => Ok(Created::Exists),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn update(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    uid: &str,
+    rename: Option<&str>,
+    current: &UserRecord,
+    steps: &mut Vec<&'static str>,
+    notes: &mut Vec<&'static str>,
+) -> Result<RowStatus, Failure> {
+    let mut profile = Map::new();
+    for (k, v) in &row.profile {
+        let now = current.profile_text(k).unwrap_or_default();
+        if &now != v {
+            profile.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    if let Some(new) = rename {
+        profile.insert("username".into(), Value::String(new.to_owned()));
+    }
+    let have: BTreeSet<String> = current.groups.iter().map(|g| g.name.to_lowercase()).collect();
+    let add: Vec<Value> = row
+        .groups
+        .iter()
+        .filter(|g| !have.contains(&g.to_lowercase()))
+        .map(|g| json!({"name": g, "action": "add"}))
+        .collect();
+    if profile.is_empty() && add.is_empty() {
+        return Ok(RowStatus::Unchanged);
+    }
+    let _ = notes;
+    let mut body = json!({"params": {"action": "update", "uid": uid}, "profile": profile});
+    if !add.is_empty() {
+        body["groups"] = Value::Array(add);
+    }
+    steps.push("update");
+    let tid = ctx.client.set_user(&body).await?;
+    follow(ctx.client, &tid, uid).await?;
+    Ok(RowStatus::Updated)
+}
+
+/// Follows an accepted write to its final status.
+async fn follow(c: &PlatformClient, tid: &crate::platform::Tid, uid: &str) -> Result<(), Failure> {
+    match c.wait_for(tid, uid).await? {
+        WriteResult::Succeeded => Ok(()),
+        WriteResult::Failed(why) => Err(Failure::Failed(format!("the platform refused it: {why}"))),
+        WriteResult::Unconfirmed => Err(Failure::Unconfirmed(format!(
+            "accepted (tid {}) but not confirmed before the status timeout",
+            tid.0
+        ))),
+    }
+}

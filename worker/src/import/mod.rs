@@ -1,0 +1,350 @@
+//! Reading the tenant's CSV and applying it. Two passes over the local copy: the first validates
+//! every row and finds duplicate usernames without any API call; the second applies the valid rows
+//! with bounded concurrency and writes one result per row, in file order. Memory stays bounded: rows
+//! stream through a bounded channel and a bounded window of rows is in flight.
+
+pub mod apply;
+pub mod results;
+pub mod row;
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use shared::registry::ImportOptions;
+use tokio::sync::mpsc;
+
+use crate::outcome::Counts;
+use crate::platform::model::ProfileFields;
+use crate::platform::{ApiError, PlatformClient};
+use apply::{ApplyContext, RowResult, RowStatus};
+use results::ResultsWriter;
+use row::RowError;
+use template::{HeaderError, Template};
+
+/// Why the import as a whole could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    #[error("the file cannot be read as CSV: {0}")]
+    Unreadable(String),
+    #[error("the file has more than {0} rows")]
+    TooManyRows(u64),
+    #[error("the platform API refused the credentials (HTTP {0})")]
+    Credentials(u16),
+    #[error("the platform API could not be used: {0}")]
+    Api(ApiError),
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the import did, for the log, the email and the outcome.
+#[derive(Debug)]
+pub struct ImportSummary {
+    pub counts: Counts,
+    pub unknown_columns: Vec<String>,
+    /// The first problems (invalid, failed, unconfirmed rows), for the email body.
+    pub first_problems: Vec<RowResult>,
+    pub results_file: PathBuf,
+    pub delimiter: char,
+}
+
+/// Limits and options of one run.
+#[derive(Debug, Clone)]
+pub struct ImportParams {
+    pub options: ImportOptions,
+    pub concurrency: usize,
+    pub max_rows: u64,
+    pub progress_every: u64,
+}
+
+const FIRST_PROBLEMS: usize = 50;
+
+/// Runs the import of `file`. Progress lines are sent to `progress` (the tenant log).
+pub async fn run(
+    file: &Path,
+    results_path: &Path,
+    client: &PlatformClient,
+    params: &ImportParams,
+    progress: &mpsc::UnboundedSender<String>,
+) -> Result<ImportSummary, ImportError> {
+    let fields = client.profile_fields().await.map_err(|e| match e {
+        ApiError::Credentials(code) => ImportError::Credentials(code),
+        other => ImportError::Api(other),
+    })?;
+    let delimiter = sniff_delimiter(file)?;
+    let first = {
+        let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
+        tokio::task::spawn_blocking(move || first_pass(&file, delimiter, &fields, &params))
+            .await
+            .map_err(|e| ImportError::Unreadable(e.to_string()))??
+    };
+    let unknown: Vec<String> = first
+        .template
+        .unknown_columns()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let _ = progress.send(format!(
+        "validated {} rows: {} invalid{}",
+        first.rows,
+        first.invalid,
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!("; ignored unknown columns: {}", unknown.join(", "))
+        }
+    ));
+
+    let mandatory = Template::mandatory_keys(&fields);
+    let ctx = ApplyContext {
+        client,
+        mandatory: &mandatory,
+    };
+    let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
+    let reader = {
+        let (file, template, options, dups) = (
+            file.to_owned(),
+            first.template.clone(),
+            params.options.clone(),
+            first.duplicates,
+        );
+        tokio::task::spawn_blocking(move || second_pass(&file, delimiter, &template, &options, &dups, &tx))
+    };
+
+    let mut writer = ResultsWriter::create(results_path)?;
+    let mut counts = Counts::default();
+    let mut first_problems = Vec::new();
+    let window = params.concurrency * 4;
+    let mut results = tokio_stream_of(rx)
+        .map(|item| {
+            let ctx = &ctx;
+            async move {
+                match item {
+                    Ok(input) => apply::apply(ctx, input).await,
+                    Err(e) => Ok(RowResult {
+                        line: e.line,
+                        username: e.username,
+                        action: "none".into(),
+                        status: RowStatus::Invalid,
+                        message: e.message,
+                    }),
+                }
+            }
+        })
+        .buffered(window);
+    while let Some(r) = results.next().await {
+        let r = r.map_err(|c| ImportError::Credentials(c.0))?;
+        counts.rows += 1;
+        match r.status {
+            RowStatus::Created => counts.created += 1,
+            RowStatus::Updated => counts.updated += 1,
+            RowStatus::Unchanged => counts.unchanged += 1,
+            RowStatus::Invalid => counts.invalid += 1,
+            RowStatus::Failed => counts.failed += 1,
+            RowStatus::Unconfirmed => counts.unconfirmed += 1,
+        }
+        writer.write(&r)?;
+        if r.status.is_problem() && first_problems.len() < FIRST_PROBLEMS {
+            first_problems.push(r);
+        }
+        if counts.rows % params.progress_every == 0 {
+            let _ = progress.send(format!(
+                "progress: {}/{} rows, {} ok, {} invalid, {} failed",
+                counts.rows,
+                first.rows,
+                counts.ok(),
+                counts.invalid,
+                counts.failed + counts.unconfirmed
+            ));
+        }
+    }
+    drop(results);
+    reader
+        .await
+        .map_err(|e| ImportError::Unreadable(e.to_string()))??;
+    writer.finish()?;
+    Ok(ImportSummary {
+        counts,
+        unknown_columns: unknown,
+        first_problems,
+        results_file: results_path.to_owned(),
+        delimiter: delimiter as char,
+    })
+}
+
+fn tokio_stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Comma, semicolon or tab: whichever the header line (outside quotes) holds most of.
+fn sniff_delimiter(file: &Path) -> Result<u8, ImportError> {
+    use std::io::Read;
+    let mut head = vec![0u8; 64 * 1024];
+    let mut f = std::fs::File::open(file)?;
+    let n = f.read(&mut head)?;
+    let mut counts = [0usize; 3];
+    let mut quoted = false;
+    for &b in &head[..n] {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => break,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = [b',', b';', b'\t']
+        .into_iter()
+        .zip(counts)
+        .max_by_key(|(d, c)| (*c, *d == b','))
+        .map(|(d, _)| d)
+        .unwrap_or(b',');
+    Ok(best)
+}
+
+fn reader(file: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, ImportError> {
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(std::fs::File::open(file)?))
+}
+
+struct FirstPass {
+    template: Template,
+    rows: u64,
+    invalid: u64,
+    /// Hashes of usernames (lowercase) that appear in more than one row.
+    duplicates: HashSet<u64>,
+}
+
+fn key_hash(username: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    username.to_lowercase().hash(&mut h);
+    h.finish()
+}
+
+fn header_of(rdr: &mut csv::Reader<std::fs::File>) -> Result<Vec<String>, ImportError> {
+    let mut rec = csv::StringRecord::new();
+    match rdr.read_record(&mut rec) {
+        Ok(true) => Ok(rec.iter().map(str::to_owned).collect()),
+        Ok(false) => Err(HeaderError::Empty.into()),
+        Err(e) => Err(ImportError::Unreadable(format!("header row: {e}"))),
+    }
+}
+
+fn first_pass(
+    file: &Path,
+    delimiter: u8,
+    fields: &ProfileFields,
+    params: &ImportParams,
+) -> Result<FirstPass, ImportError> {
+    let mut rdr = reader(file, delimiter)?;
+    let template = Template::from_header(&header_of(&mut rdr)?, fields)?;
+    // Seen once → false, seen again → true. A 64-bit hash per name keeps a million rows in a
+    // few tens of MiB; a collision (odds ~1e-8 at a million rows) only flags two rows for review.
+    let mut seen: HashMap<u64, bool> = HashMap::new();
+    let (mut rows, mut invalid) = (0u64, 0u64);
+    let mut rec = csv::StringRecord::new();
+    loop {
+        match rdr.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {
+                rows += 1;
+                if rows > params.max_rows {
+                    return Err(ImportError::TooManyRows(params.max_rows));
+                }
+                let cells: Vec<&str> = rec.iter().collect();
+                let line = rec.position().map(|p| p.line()).unwrap_or(rows + 1);
+                match row::validate(line, &cells, &template, &params.options) {
+                    Ok(input) => {
+                        let mut names = vec![input.username.as_str()];
+                        names.extend(input.new_username.as_deref());
+                        for n in names {
+                            seen.entry(key_hash(n))
+                                .and_modify(|again| *again = true)
+                                .or_insert(false);
+                        }
+                    }
+                    Err(_) => invalid += 1,
+                }
+            }
+            // A row that is not UTF-8 or not CSV: counted here, reported in the second pass.
+            Err(_) => {
+                rows += 1;
+                invalid += 1;
+            }
+        }
+    }
+    let duplicates = seen.into_iter().filter(|(_, d)| *d).map(|(h, _)| h).collect();
+    Ok(FirstPass {
+        template,
+        rows,
+        invalid,
+        duplicates,
+    })
+}
+
+fn second_pass(
+    file: &Path,
+    delimiter: u8,
+    template: &Template,
+    options: &ImportOptions,
+    duplicates: &HashSet<u64>,
+    tx: &mpsc::Sender<Result<row::RowInput, RowError>>,
+) -> Result<(), ImportError> {
+    let mut rdr = reader(file, delimiter)?;
+    header_of(&mut rdr)?;
+    let mut rec = csv::StringRecord::new();
+    let mut n = 0u64;
+    loop {
+        let item = match rdr.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {
+                n += 1;
+                let cells: Vec<&str> = rec.iter().collect();
+                let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
+                row::validate(line, &cells, template, options).and_then(|input| {
+                    let mut names = vec![input.username.as_str()];
+                    names.extend(input.new_username.as_deref());
+                    match names.into_iter().find(|u| duplicates.contains(&key_hash(u))) {
+                        Some(dup) => Err(RowError {
+                            line,
+                            username: input.username.clone(),
+                            message: format!(
+                                "username {dup:?} appears in more than one row of the file (as Username or New username); none of those rows was applied"
+                            ),
+                        }),
+                        None => Ok(input),
+                    }
+                })
+            }
+            Err(e) => {
+                n += 1;
+                let line = e.position().map(|p| p.line()).unwrap_or(n + 1);
+                Err(RowError {
+                    line,
+                    username: String::new(),
+                    message: format!("unreadable row: {}", describe_csv_error(&e)),
+                })
+            }
+        };
+        if tx.blocking_send(item).is_err() {
+            // The consumer stopped (credentials refused, cancelled): nothing more to read.
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn describe_csv_error(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => "it is not valid UTF-8".into(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,68 @@
+//! The per-record results CSV (`line,username,action,result,message`), written row by row to a
+//! local file as results come in, so memory does not grow with the file. Cells a spreadsheet
+//! would run as a formula are neutralised.
+
+use std::path::Path;
+
+use crate::import::apply::RowResult;
+
+pub const HEADER: [&str; 5] = ["line", "username", "action", "result", "message"];
+
+/// Prefixes a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return with `'`, the
+/// OWASP advice for CSV injection; other cells are left as they are.
+pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+#[derive(Debug)]
+pub struct ResultsWriter {
+    out: csv::Writer<std::io::BufWriter<std::fs::File>>,
+}
+
+impl ResultsWriter {
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        let mut out = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(std::io::BufWriter::new(file));
+        out.write_record(HEADER).map_err(std::io::Error::other)?;
+        Ok(Self { out })
+    }
+
+    pub fn write(&mut self, r: &RowResult) -> std::io::Result<()> {
+        let line = r.line.to_string();
+        self.out
+            .write_record([
+                line.as_str(),
+                &neutralise(&r.username),
+                &r.action,
+                r.status.as_str(),
+                &neutralise(&r.message),
+            ])
+            .map_err(std::io::Error::other)
+    }
+
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let inner = self.out.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+        inner.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        for bad in ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(neutralise(bad).starts_with('\''), "{bad:?}");
+        }
+        assert_eq!(neutralise("jane"), "jane");
+        assert_eq!(neutralise("a=b"), "a=b");
+    }
+}

@@ -1,0 +1,152 @@
+//! How a job ends. Terminal outcomes (`Outcome`) are acked; a `JobError` is either permanent
+//! (dead-letter at once: retrying cannot help) or retryable (network, 5xx, broker: try again later).
+//! The split is made by type where the error arises, never by reading a message.
+
+use serde::Serialize;
+
+/// Row counts of an import, as shown in the log, the email subject and the JSON result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Data rows read from the file (header excluded).
+    pub rows: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    /// Rows refused by validation before any call for them.
+    pub invalid: u64,
+    /// Rows the platform refused, or whose calls failed after every retry.
+    pub failed: u64,
+    /// Rows whose write was accepted but whose final status did not arrive in time.
+    pub unconfirmed: u64,
+}
+
+impl Counts {
+    pub fn ok(&self) -> u64 {
+        self.created + self.updated + self.unchanged
+    }
+}
+
+/// A terminal outcome of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// `/uploads/user-import.csv` is not there.
+    NoFile,
+    /// This exact version of the file was processed before (its marker is in `/tmp`).
+    AlreadyProcessed { sha1: String },
+    /// The file was imported to its end (per-row failures included).
+    Imported {
+        sha1: String,
+        counts: Counts,
+        report_path: String,
+        email_sent: bool,
+    },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::NoFile => "no-file",
+            Outcome::AlreadyProcessed { .. } => "already-processed",
+            Outcome::Imported { .. } => "imported",
+        }
+    }
+}
+
+/// Why a job could not reach a terminal outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("permanent failure: {0}")]
+    Permanent(#[source] Permanent),
+    #[error("retryable failure: {0}")]
+    Retryable(#[source] Retryable),
+}
+
+impl JobError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Retryable(_))
+    }
+
+    /// A short machine-readable reason (`bad-ftps-credentials`, `network`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobError::Permanent(p) => p.reason(),
+            JobError::Retryable(r) => r.reason(),
+        }
+    }
+}
+
+/// Failures that retrying cannot fix: they need an operator or the tenant.
+#[derive(Debug, thiserror::Error)]
+pub enum Permanent {
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    #[error("tenant {0} is disabled")]
+    DisabledTenant(String),
+    #[error("{0}")]
+    MissingKey(String),
+    #[error("the FTPS server refused the tenant's credentials")]
+    FtpsCredentials,
+    #[error("the FTPS server's certificate was refused: {0}")]
+    FtpsCertificate(String),
+    #[error("the platform API refused the tenant's credentials (HTTP {0})")]
+    ApiCredentials(u16),
+    #[error("the file is larger than the limit of {limit} bytes ({size} bytes)")]
+    FileTooLarge { size: u64, limit: u64 },
+    #[error("the file cannot be imported: {0}")]
+    UnreadableFile(String),
+    #[error("the platform API answered in a way this release does not understand: {0}")]
+    ApiProtocol(String),
+}
+
+impl Permanent {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Permanent::UnknownTenant(_) => "unknown-tenant",
+            Permanent::DisabledTenant(_) => "disabled-tenant",
+            Permanent::MissingKey(_) => "missing-api-key",
+            Permanent::FtpsCredentials => "bad-ftps-credentials",
+            Permanent::FtpsCertificate(_) => "ftps-certificate",
+            Permanent::ApiCredentials(_) => "bad-api-credentials",
+            Permanent::FileTooLarge { .. } => "file-too-large",
+            Permanent::UnreadableFile(_) => "unreadable-file",
+            Permanent::ApiProtocol(_) => "api-protocol",
+        }
+    }
+}
+
+/// Failures that may pass: the job is tried again later, then dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum Retryable {
+    #[error("FTPS: {0}")]
+    Ftps(String),
+    #[error("platform API unavailable: {0}")]
+    Api(String),
+    #[error("local I/O: {0}")]
+    Io(String),
+    #[error("the job was cancelled before it finished")]
+    Cancelled,
+}
+
+impl Retryable {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Retryable::Ftps(_) => "ftps-unavailable",
+            Retryable::Api(_) => "api-unavailable",
+            Retryable::Io(_) => "local-io",
+            Retryable::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<Permanent> for JobError {
+    fn from(p: Permanent) -> Self {
+        JobError::Permanent(p)
+    }
+}
+
+impl From<Retryable> for JobError {
+    fn from(r: Retryable) -> Self {
+        JobError::Retryable(r)
+    }
+}

@@ -1,0 +1,49 @@
+//! Fetch: stream `/uploads/user-import.csv` to a local temporary file, hashing it on the way (one
+//! pass, a fixed-size buffer), refusing files over the size limit before and during the transfer.
+
+use std::path::Path;
+
+use sha1::{Digest, Sha1};
+use shared::Sha1Digest;
+use tokio::io::BufWriter;
+
+use crate::ftps::{FtpsError, FtpsSession};
+
+pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
+
+/// The local copy of the tenant's file.
+#[derive(Debug)]
+pub struct Fetched {
+    pub file: tempfile::NamedTempFile,
+    pub size: u64,
+    pub sha1: Sha1Digest,
+}
+
+/// `Ok(None)`: there is no file.
+pub async fn fetch(
+    session: &mut FtpsSession,
+    max_bytes: u64,
+    work_dir: &Path,
+) -> Result<Option<Fetched>, FtpsError> {
+    // SIZE first: a file over the limit is refused without moving a byte.
+    match session.size(UPLOAD_PATH).await? {
+        None => return Ok(None),
+        Some(size) if size > max_bytes => return Err(FtpsError::TooLarge { limit: max_bytes }),
+        Some(_) => {}
+    }
+    let file = tempfile::Builder::new()
+        .prefix("user-import-")
+        .suffix(".csv")
+        .tempfile_in(work_dir)?;
+    let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
+    let mut hasher = Sha1::new();
+    let size = session
+        .download(UPLOAD_PATH, &mut out, max_bytes, |chunk| hasher.update(chunk))
+        .await?;
+    let Some(size) = size else {
+        // Deleted between SIZE and RETR.
+        return Ok(None);
+    };
+    let sha1 = Sha1Digest::from_bytes(hasher.finalize().into());
+    Ok(Some(Fetched { file, size, sha1 }))
+}

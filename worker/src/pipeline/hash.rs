@@ -1,0 +1,50 @@
+//! Hash: the file's SHA1 (computed while fetching) names a marker in the tenant's `/tmp`. A marker
+//! present means this exact version was processed; deleting it forces the next run to import
+//! again. The marker holds `<sha1>  user-import.csv`, the `sha1sum` format, so `sha1sum -c` works
+//! on a copy of the file.
+
+use shared::Sha1Digest;
+
+use crate::ftps::{FtpsError, FtpsSession};
+
+pub const MARKER_DIR: &str = "/tmp";
+
+pub fn marker_name(sha1: &Sha1Digest) -> String {
+    format!("{sha1}.sha1")
+}
+
+pub fn marker_path(sha1: &Sha1Digest) -> String {
+    format!("{MARKER_DIR}/{}", marker_name(sha1))
+}
+
+pub fn marker_contents(sha1: &Sha1Digest) -> String {
+    format!("{sha1}  user-import.csv\n")
+}
+
+pub async fn already_processed(
+    session: &mut FtpsSession,
+    sha1: &Sha1Digest,
+) -> Result<bool, FtpsError> {
+    session.exists_in(MARKER_DIR, &marker_name(sha1)).await
+}
+
+pub async fn write_marker(session: &mut FtpsSession, sha1: &Sha1Digest) -> Result<(), FtpsError> {
+    session.ensure_dir(MARKER_DIR).await?;
+    let contents = marker_contents(sha1);
+    session
+        .put(&marker_path(sha1), &mut contents.as_bytes())
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_in_sha1sum_format() {
+        let d = Sha1Digest::from_bytes([1; 20]);
+        assert_eq!(marker_path(&d), format!("/tmp/{}.sha1", "01".repeat(20)));
+        assert_eq!(marker_contents(&d), format!("{}  user-import.csv\n", "01".repeat(20)));
+    }
+}

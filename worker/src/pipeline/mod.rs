@@ -1,0 +1,287 @@
+//! The pipeline for one job of one tenant: fetch → hash → import → report. [`process_job`] is the
+//! single entry point: the queue consumer calls it, `worker once` calls it, tests call it.
+//! Stages never read the environment or open their own clients: everything comes in [`Deps`].
+
+pub mod fetch;
+pub mod hash;
+pub mod log;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use chrono::Utc;
+use shared::job::Trigger;
+use shared::registry::secrets::SecretSource;
+use shared::registry::{Registry, Tenant};
+use shared::settings::Settings;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::email::Mailer;
+use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
+use crate::import::{ImportError, ImportParams};
+use crate::outcome::{JobError, Outcome, Permanent, Retryable};
+use crate::platform::PlatformClient;
+use log::{LogTarget, TenantLog};
+
+/// Everything a job needs, built once at start-up.
+#[derive(Debug)]
+pub struct Deps {
+    pub settings: Settings,
+    registry: RwLock<Arc<Registry>>,
+    pub secrets: SecretSource,
+    pub http: reqwest::Client,
+    pub ftps: FtpsConnector,
+    pub mailer: Mailer,
+}
+
+impl Deps {
+    pub fn build(settings: Settings, registry: Registry, secrets: SecretSource) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: PlatformClient::http_client(&settings.platform)?,
+            ftps: FtpsConnector::from_settings(&settings.ftps)?,
+            mailer: Mailer::from_settings(&settings.smtp)?,
+            registry: RwLock::new(Arc::new(registry)),
+            secrets,
+            settings,
+        })
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        match self.registry.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a reloaded registry; jobs already running keep the one they started with.
+    pub fn replace_registry(&self, registry: Registry) {
+        match self.registry.write() {
+            Ok(mut r) => *r = Arc::new(registry),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(registry),
+        }
+    }
+}
+
+/// Who asked for the job.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: Uuid,
+    pub trigger: Trigger,
+}
+
+/// Runs the whole pipeline for `tenant`.
+pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<Outcome, JobError> {
+    let span = tracing::info_span!("job", tenant = %tenant, job_id = %job.job_id, outcome = tracing::field::Empty);
+    let result = run(deps, tenant, &job).instrument(span.clone()).await;
+    match &result {
+        Ok(o) => {
+            span.record("outcome", o.label());
+            tracing::info!(parent: &span, outcome = o.label(), "job finished");
+        }
+        Err(e) => {
+            span.record("outcome", e.reason());
+            tracing::warn!(parent: &span, reason = e.reason(), retryable = e.is_retryable(), error = %e, "job failed");
+        }
+    }
+    result
+}
+
+async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome, JobError> {
+    let registry = deps.registry();
+    let tenant = registry
+        .get(tenant_name)
+        .ok_or_else(|| Permanent::UnknownTenant(tenant_name.chars().take(64).collect()))?;
+    if !tenant.enabled && job.trigger == Trigger::Schedule {
+        return Err(Permanent::DisabledTenant(tenant.name.to_string()).into());
+    }
+    let key = deps
+        .secrets
+        .api_key(&tenant.name)
+        .map_err(|e| Permanent::MissingKey(e.to_string()))?;
+    let started = Utc::now();
+
+    let mut session = connect(deps, tenant, &key).await?;
+    let log_session = connect(deps, tenant, &key).await?;
+    let target = LogTarget {
+        connector: deps.ftps.clone(),
+        host: tenant.ftps_host.clone(),
+        port: tenant.ftps_port,
+        user: tenant.name.to_string(),
+        key: key.clone(),
+    };
+    let (log, log_task) = TenantLog::start(target, Some(log_session), job.job_id);
+    log.line(format!(
+        "start: tenant {} acting as {}, trigger {:?}",
+        tenant.name, tenant.admin.username, job.trigger
+    ));
+    let result = stages(deps, tenant, &key, job, &mut session, &log, started).await;
+    match &result {
+        Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
+        Ok(Outcome::AlreadyProcessed { sha1 }) => {
+            log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
+        }
+        Ok(Outcome::Imported { counts, .. }) => log.line(format!(
+            "end: imported: {} rows, {} created, {} updated, {} unchanged, {} invalid, {} failed, {} unconfirmed",
+            counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid, counts.failed, counts.unconfirmed
+        )),
+        Err(e) => log.line(format!(
+            "end: {} ({}): {e}",
+            if e.is_retryable() { "failed, will be retried" } else { "failed" },
+            e.reason()
+        )),
+    }
+    session.quit().await;
+    let stats = log_task.close(log).await;
+    if stats.lost > 0 {
+        tracing::warn!(lost = stats.lost, "some tenant log lines were not written");
+    }
+    result
+}
+
+async fn stages(
+    deps: &Deps,
+    tenant: &Tenant,
+    key: &shared::ApiKey,
+    job: &JobContext,
+    session: &mut FtpsSession,
+    log: &TenantLog,
+    started: chrono::DateTime<Utc>,
+) -> Result<Outcome, JobError> {
+    let settings = &deps.settings;
+    let max_bytes = tenant
+        .limits
+        .max_file_bytes
+        .map_or(settings.import.max_file_bytes, |l| l.min(settings.import.max_file_bytes));
+    let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+
+    // fetch
+    let fetched = fetch::fetch(session, max_bytes, &work_dir)
+        .instrument(tracing::info_span!("fetch"))
+        .await
+        .map_err(|e| match e {
+            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge { size: limit + 1, limit }),
+            other => ftps_error(other),
+        })?;
+    let Some(fetched) = fetched else {
+        return Ok(Outcome::NoFile);
+    };
+    log.line(format!(
+        "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
+        fetched.size, fetched.sha1
+    ));
+
+    // hash
+    if hash::already_processed(session, &fetched.sha1)
+        .instrument(tracing::info_span!("hash"))
+        .await
+        .map_err(ftps_error)?
+    {
+        return Ok(Outcome::AlreadyProcessed {
+            sha1: fetched.sha1.to_string(),
+        });
+    }
+    log.line("new version of the file: importing");
+
+    // import
+    let concurrency = tenant
+        .limits
+        .api_concurrency
+        .map_or(settings.import.concurrency, |c| c.min(settings.import.concurrency));
+    let client = PlatformClient::new(deps.http.clone(), tenant, key.clone(), &settings.platform, concurrency);
+    let params = ImportParams {
+        options: tenant.import.clone(),
+        concurrency,
+        max_rows: tenant
+            .limits
+            .max_rows
+            .map_or(settings.import.max_rows, |m| m.min(settings.import.max_rows)),
+        progress_every: settings.import.progress_every,
+    };
+    let results = tempfile::Builder::new()
+        .prefix("user-import-results-")
+        .suffix(".csv")
+        .tempfile_in(&work_dir)
+        .map_err(|e| Retryable::Io(e.to_string()))?;
+    let progress = log.sender();
+    let summary = crate::import::run(fetched.file.path(), results.path(), &client, &params, &progress)
+        .instrument(tracing::info_span!("import"))
+        .await;
+    drop(progress);
+    let summary = summary.map_err(|e| match e {
+        ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
+        ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
+        ImportError::Unreadable(m) => Permanent::UnreadableFile(m).into(),
+        ImportError::TooManyRows(n) => Permanent::UnreadableFile(format!("more than {n} rows")).into(),
+        ImportError::Api(crate::platform::ApiError::Protocol(m)) => Permanent::ApiProtocol(m).into(),
+        ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
+        ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
+    })?;
+    let stats = client.stats();
+    log.line(format!(
+        "import done: {} rows; API requests {}, retries {}, rate-limited {}",
+        summary.counts.rows,
+        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        stats.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+    ));
+
+    // report
+    let report_span = tracing::info_span!("report");
+    let report_path = report::report_path(started, &fetched.sha1);
+    let email_sent = async {
+        report::upload_results(session, &summary, &report_path)
+            .await
+            .map_err(ftps_error)?;
+        log.line(format!("report written: {report_path}"));
+        let ctx = report::EmailContext {
+            tenant,
+            summary: &summary,
+            sha1: &fetched.sha1,
+            size: fetched.size,
+            report_path: &report_path,
+            job_id: &job.job_id.to_string(),
+        };
+        let email_sent = match report::email(&deps.mailer, &ctx).await {
+            Ok(()) => {
+                log.line(format!("report emailed to the nominated admin ({})", tenant.admin.username));
+                true
+            }
+            Err(why) => {
+                // The import is done and its report is on the account: record, do not redo.
+                log.line(format!("the report email could not be sent: {why}"));
+                false
+            }
+        };
+        hash::write_marker(session, &fetched.sha1).await.map_err(ftps_error)?;
+        log.line(format!("marker written: /tmp/{}.sha1", fetched.sha1));
+        Ok::<bool, JobError>(email_sent)
+    }
+    .instrument(report_span)
+    .await?;
+
+    Ok(Outcome::Imported {
+        sha1: fetched.sha1.to_string(),
+        counts: summary.counts,
+        report_path,
+        email_sent,
+    })
+}
+
+async fn connect(deps: &Deps, tenant: &Tenant, key: &shared::ApiKey) -> Result<FtpsSession, JobError> {
+    deps.ftps
+        .connect(&tenant.ftps_host, tenant.ftps_port, tenant.name.as_str(), key)
+        .await
+        .map_err(ftps_error)
+}
+
+fn ftps_error(e: FtpsError) -> JobError {
+    match e {
+        FtpsError::Credentials => Permanent::FtpsCredentials.into(),
+        FtpsError::Certificate(why) => Permanent::FtpsCertificate(why).into(),
+        FtpsError::TooLarge { limit } => Permanent::FileTooLarge { size: limit + 1, limit }.into(),
+        FtpsError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
+        other => Retryable::Ftps(other.to_string()).into(),
+    }
+}

@@ -1,0 +1,156 @@
+//! Report: the per-record results CSV goes to `/reports/` (one file per processed version, named
+//! with the time and the short hash), the nominated admin gets an email with the counts in the
+//! subject and the results attached, and then — only then — the `/tmp` marker is written.
+
+use chrono::{DateTime, Utc};
+use shared::Sha1Digest;
+use shared::registry::Tenant;
+
+use crate::email::{MailAttachment, Mailer};
+use crate::ftps::{FtpsError, FtpsSession};
+use crate::import::ImportSummary;
+use crate::import::apply::RowResult;
+
+pub const REPORTS_DIR: &str = "/reports";
+
+/// Attachments above this size are left out of the email (the report stays on the FTPS account).
+pub const MAX_ATTACHMENT_BYTES: u64 = 15 * 1024 * 1024;
+
+pub fn report_path(started: DateTime<Utc>, sha1: &Sha1Digest) -> String {
+    format!(
+        "{REPORTS_DIR}/user-import-{}-{}.csv",
+        started.format("%Y%m%dT%H%M%SZ"),
+        sha1.short()
+    )
+}
+
+/// Uploads the results CSV; returns its path on the account.
+pub async fn upload_results(
+    session: &mut FtpsSession,
+    summary: &ImportSummary,
+    path: &str,
+) -> Result<(), FtpsError> {
+    session.ensure_dir(REPORTS_DIR).await?;
+    let mut file = tokio::fs::File::open(&summary.results_file).await?;
+    session.put(path, &mut file).await.map(|_| ())
+}
+
+/// The subject: tenant, outcome and counts, readable in an inbox list.
+pub fn subject(tenant: &Tenant, summary: &ImportSummary) -> String {
+    let c = &summary.counts;
+    let problems = c.invalid + c.failed + c.unconfirmed;
+    format!(
+        "[{}] User import: {} rows, {} created, {} updated, {} unchanged, {} with problems",
+        tenant.name, c.rows, c.created, c.updated, c.unchanged, problems
+    )
+}
+
+#[derive(Debug)]
+pub struct EmailContext<'a> {
+    pub tenant: &'a Tenant,
+    pub summary: &'a ImportSummary,
+    pub sha1: &'a Sha1Digest,
+    pub size: u64,
+    pub report_path: &'a str,
+    pub job_id: &'a str,
+}
+
+pub fn body(ctx: &EmailContext<'_>) -> String {
+    let c = &ctx.summary.counts;
+    let mut b = String::new();
+    b.push_str(&format!(
+        "The user import for {} has run.\n\n\
+         Acting as:   {}\n\
+         File:        /uploads/user-import.csv ({} bytes, SHA1 {})\n\
+         Job:         {}\n\n\
+         Rows:        {}\n\
+         Created:     {}\n\
+         Updated:     {}\n\
+         Unchanged:   {}\n\
+         Invalid:     {}\n\
+         Failed:      {}\n\
+         Unconfirmed: {}\n\n",
+        ctx.tenant.portal_domain,
+        ctx.tenant.admin.username,
+        ctx.size,
+        ctx.sha1,
+        ctx.job_id,
+        c.rows,
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.invalid,
+        c.failed,
+        c.unconfirmed
+    ));
+    if !ctx.summary.unknown_columns.is_empty() {
+        b.push_str(&format!(
+            "Columns not recognised (ignored): {}\n\n",
+            ctx.summary.unknown_columns.join(", ")
+        ));
+    }
+    if !ctx.summary.first_problems.is_empty() {
+        b.push_str("Rows with problems (the first ones; every row is in the attached report):\n");
+        for p in &ctx.summary.first_problems {
+            b.push_str(&problem_line(p));
+        }
+        b.push('\n');
+    }
+    b.push_str(&format!(
+        "The record-by-record report is attached and kept on your FTPS account as {}.\n\
+         The progress log is /log/user-import.log.\n",
+        ctx.report_path
+    ));
+    b
+}
+
+fn problem_line(p: &RowResult) -> String {
+    format!(
+        "  line {}: {} - {}: {}\n",
+        p.line,
+        p.username.chars().take(80).collect::<String>(),
+        p.status.as_str(),
+        p.message.chars().take(300).collect::<String>()
+    )
+}
+
+/// Sends the report email; `Err` carries why, and the caller records it in the log.
+pub async fn email(mailer: &Mailer, ctx: &EmailContext<'_>) -> Result<(), String> {
+    let size = tokio::fs::metadata(&ctx.summary.results_file)
+        .await
+        .map(|m| m.len())
+        .map_err(|e| e.to_string())?;
+    let mut text = body(ctx);
+    let attachment = if size <= MAX_ATTACHMENT_BYTES {
+        let bytes = tokio::fs::read(&ctx.summary.results_file)
+            .await
+            .map_err(|e| e.to_string())?;
+        let filename = ctx
+            .report_path
+            .rsplit('/')
+            .next()
+            .unwrap_or("user-import-report.csv")
+            .to_owned();
+        Some(MailAttachment {
+            filename,
+            content_type: "text/csv; charset=utf-8",
+            bytes,
+        })
+    } else {
+        text.push_str(&format!(
+            "\nThe report ({size} bytes) is too large to attach; fetch it from {}.\n",
+            ctx.report_path
+        ));
+        None
+    };
+    mailer
+        .send(
+            &ctx.tenant.admin.email,
+            &subject(ctx.tenant, ctx.summary),
+            text,
+            attachment,
+            3,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,389 @@
+//! The one client of the tenant platform's public API (see `docs/platform-api.md`): RPC-style
+//! `POST <base>/<Call>` with Basic auth (portal domain, API key), asynchronous writes answered
+//! `202 + Location: /status/<tid>`, and the retry rules: 429 waits for `Retry-After`, 5xx, timeouts
+//! and broken connections back off with jitter, all within a bounded number of attempts. A
+//! semaphore bounds the requests in flight for one job; waits never hold a permit.
+
+pub mod model;
+mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+use shared::ApiKey;
+use shared::registry::Tenant;
+use shared::settings::PlatformSettings;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use model::{ProfileFields, StatusReport, UserRecord, WriteResult};
+pub use retry::RetryPolicy;
+
+/// Why a call did not give the answer the caller wanted; the caller decides per variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("credentials refused (HTTP {0})")]
+    Credentials(u16),
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("gave up after {attempts} attempts, last: {last}")]
+    Exhausted { attempts: u32, last: String },
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+/// Counters of what the API did to us, for the job result and metrics.
+#[derive(Debug, Default, Serialize)]
+pub struct ApiStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub transport_errors: AtomicU64,
+}
+
+impl ApiStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A write accepted by the platform, to be followed to its final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tid(pub String);
+
+/// The API as seen by one job of one tenant.
+#[derive(Clone)]
+pub struct PlatformClient {
+    http: reqwest::Client,
+    base: Url,
+    domain: String,
+    key: ApiKey,
+    policy: RetryPolicy,
+    permits: Arc<Semaphore>,
+    poll_interval: Duration,
+    status_timeout: Duration,
+    stats: Arc<ApiStats>,
+}
+
+impl std::fmt::Debug for PlatformClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformClient")
+            .field("base", &self.base.as_str())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    body: bytes_like::Body,
+}
+
+/// Keeps the body's bytes without naming the `bytes` crate.
+mod bytes_like {
+    pub type Body = Vec<u8>;
+}
+
+impl PlatformClient {
+    /// `http` is the process-wide client (built once, with its timeout); `concurrency` bounds the
+    /// requests this job has in flight.
+    pub fn new(
+        http: reqwest::Client,
+        tenant: &Tenant,
+        key: ApiKey,
+        settings: &PlatformSettings,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            http,
+            base: tenant.api_base_url.clone(),
+            domain: tenant.portal_domain.to_string(),
+            key,
+            policy: RetryPolicy {
+                max_attempts: settings.max_attempts,
+                base: settings.backoff_base,
+                max: settings.backoff_max,
+                retry_after_max: settings.retry_after_max,
+            },
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            poll_interval: settings.status_poll_interval,
+            status_timeout: settings.status_timeout,
+            stats: Arc::new(ApiStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    /// Builds the process-wide HTTP client: rustls, a total timeout per request, no redirects (an
+    /// RPC API that redirects a POST is misconfigured, and credentials must not follow it).
+    pub fn http_client(settings: &PlatformSettings) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("user-import-worker/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(64)
+            .build()?)
+    }
+
+    pub async fn profile_fields(&self) -> Result<ProfileFields, ApiError> {
+        let a = self.rpc("GetProfileFields", &json!({"params": {}})).await?;
+        match a.status {
+            StatusCode::OK => parse(&a.body),
+            other => Err(unexpected("GetProfileFields", other, &a.body)),
+        }
+    }
+
+    pub async fn get_user(&self, uid: &str) -> Result<Option<UserRecord>, ApiError> {
+        let a = self.rpc("GetUser", &json!({"params": {"uid": uid}})).await?;
+        match a.status {
+            StatusCode::OK => parse(&a.body).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::BAD_REQUEST => Err(ApiError::BadRequest(message_of(&a.body))),
+            other => Err(unexpected("GetUser", other, &a.body)),
+        }
+    }
+
+    /// `SetUser` with any action; `Ok(tid)` once accepted (202).
+    pub async fn set_user(&self, body: &Value) -> Result<Tid, ApiError> {
+        self.write("SetUser", body).await
+    }
+
+    /// `SetUsers` activate/deactivate for at most 500 uids.
+    pub async fn set_users(&self, action: &str, uids: &[String]) -> Result<Tid, ApiError> {
+        if uids.len() > 500 {
+            return Err(ApiError::BadRequest("SetUsers takes at most 500 uids".into()));
+        }
+        self.write("SetUsers", &json!({"params": {"action": action, "uids": uids}}))
+            .await
+    }
+
+    async fn write(&self, call: &str, body: &Value) -> Result<Tid, ApiError> {
+        let a = self.rpc(call, body).await?;
+        match a.status {
+            StatusCode::ACCEPTED => {
+                let location = a
+                    .location
+                    .ok_or_else(|| ApiError::Protocol(format!("{call}: 202 without Location")))?;
+                tid_of(&location)
+                    .map(|t| Tid(t.to_owned()))
+                    .ok_or_else(|| ApiError::Protocol(format!("{call}: Location {location:?} has no tid")))
+            }
+            StatusCode::CONFLICT => Err(ApiError::Conflict),
+            StatusCode::NOT_FOUND => Err(ApiError::NotFound),
+            StatusCode::BAD_REQUEST => Err(ApiError::BadRequest(message_of(&a.body))),
+            other => Err(unexpected(call, other, &a.body)),
+        }
+    }
+
+    /// Polls `/status/<tid>` until it is final or the status timeout passes. `uid` picks the
+    /// per-user error out of `errors`.
+    pub async fn wait_for(&self, tid: &Tid, uid: &str) -> Result<WriteResult, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.status_timeout;
+        let mut interval = self.poll_interval;
+        loop {
+            let report = self.status(tid).await?;
+            match report.status {
+                2 => return Ok(WriteResult::Succeeded),
+                3 | 0 => {
+                    let why = report
+                        .errors
+                        .get(uid)
+                        .cloned()
+                        .or_else(|| report.errors.values().next().cloned())
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| {
+                            if report.status == 0 {
+                                "the platform does not know this write".into()
+                            } else if report.message.is_empty() {
+                                "failed without a message".into()
+                            } else {
+                                report.message.clone()
+                            }
+                        });
+                    return Ok(WriteResult::Failed(why));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() + interval > deadline {
+                return Ok(WriteResult::Unconfirmed);
+            }
+            tokio::time::sleep(interval).await;
+            // Slow down gently for long-pending writes: at most 4 polls per status_poll_interval·4.
+            interval = (interval + interval / 4).min(self.poll_interval * 4);
+        }
+    }
+
+    /// The raw status of a write (for `SetUsers`, whose errors are per uid).
+    pub async fn status(&self, tid: &Tid) -> Result<StatusReport, ApiError> {
+        let url = self
+            .base
+            .join(&format!("status/{}", tid.0))
+            .map_err(|e| ApiError::Protocol(e.to_string()))?;
+        let a = self.send(reqwest::Method::GET, url, None, "status").await?;
+        match a.status {
+            StatusCode::OK => parse(&a.body),
+            StatusCode::NOT_FOUND => Ok(StatusReport {
+                message: "unknown tid".into(),
+                status: 0,
+                errors: Default::default(),
+            }),
+            other => Err(unexpected("status", other, &a.body)),
+        }
+    }
+
+    async fn rpc(&self, call: &str, body: &Value) -> Result<Answer, ApiError> {
+        let url = self
+            .base
+            .join(call)
+            .map_err(|e| ApiError::Protocol(e.to_string()))?;
+        self.send(reqwest::Method::POST, url, Some(body), call).await
+    }
+
+    /// One logical call: retried on 429, 5xx, timeouts and transport errors.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&Value>,
+        call: &str,
+    ) -> Result<Answer, ApiError> {
+        let mut last = String::new();
+        for attempt in 1..=self.policy.max_attempts {
+            if attempt > 1 {
+                ApiStats::bump(&self.stats.retries);
+            }
+            let outcome = {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| ApiError::Protocol("request limiter closed".into()))?;
+                ApiStats::bump(&self.stats.requests);
+                let mut req = self
+                    .http
+                    .request(method.clone(), url.clone())
+                    .basic_auth(&self.domain, Some(self.key.expose()));
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                match req.send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let location = resp
+                            .headers()
+                            .get(reqwest::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let retry_after = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        match resp.bytes().await {
+                            Ok(b) => Ok((status, location, retry_after, b.to_vec())),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let wait = match outcome {
+                Ok((status, location, retry_after, body)) => {
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        ApiStats::bump(&self.stats.rate_limited);
+                        last = format!("{call}: HTTP 429");
+                        self.policy.after_429(retry_after.as_deref(), attempt)
+                    } else if status.is_server_error() {
+                        ApiStats::bump(&self.stats.server_errors);
+                        last = format!("{call}: HTTP {}", status.as_u16());
+                        self.policy.backoff(attempt)
+                    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        return Err(ApiError::Credentials(status.as_u16()));
+                    } else {
+                        return Ok(Answer {
+                            status,
+                            location,
+                            body,
+                        });
+                    }
+                }
+                Err(e) => {
+                    ApiStats::bump(&self.stats.transport_errors);
+                    // reqwest's message names the URL (never the credentials, which are in a
+                    // header); keep the kind and drop the chain of sources.
+                    last = format!(
+                        "{call}: {}",
+                        if e.is_timeout() {
+                            "timed out"
+                        } else if e.is_connect() {
+                            "cannot connect"
+                        } else {
+                            "connection failed"
+                        }
+                    );
+                    self.policy.backoff(attempt)
+                }
+            };
+            if attempt < self.policy.max_attempts {
+                tracing::debug!(call, attempt, wait_ms = wait.as_millis() as u64, last, "retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Err(ApiError::Exhausted {
+            attempts: self.policy.max_attempts,
+            last,
+        })
+    }
+}
+
+/// `/status/<tid>` (absolute or relative) → `<tid>`. The tid is then asked for under the tenant's
+/// base URL, so a regional base path (`…/eu/`) is kept (see docs/platform-api.md).
+fn tid_of(location: &str) -> Option<&str> {
+    let path = location.split(['?', '#']).next()?;
+    let (_, tid) = path.rsplit_once("status/")?;
+    let tid = tid.trim_end_matches('/');
+    (!tid.is_empty() && tid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then_some(tid)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Protocol(format!("invalid JSON: {e}")))
+}
+
+fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}
+
+fn unexpected(call: &str, status: StatusCode, body: &[u8]) -> ApiError {
+    ApiError::Protocol(format!("{call}: HTTP {} {}", status.as_u16(), message_of(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tid_of;
+
+    #[test]
+    fn the_tid_is_the_last_segment_of_the_location() {
+        assert_eq!(tid_of("/status/abc-123"), Some("abc-123"));
+        assert_eq!(tid_of("https://api.x.com/eu/status/9f?x=1"), Some("9f"));
+        assert_eq!(tid_of("/status/"), None);
+        assert_eq!(tid_of("/elsewhere/1"), None);
+        assert_eq!(tid_of("/status/../../etc"), None);
+    }
+}
