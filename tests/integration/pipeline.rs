@@ -263,3 +263,48 @@ async fn an_unknown_tenant_is_a_permanent_error() {
     assert!(matches!(outcome, Err(JobError::Permanent(Permanent::UnknownTenant(_)))), "{outcome:?}");
     let _ = Retryable::Cancelled; // the retryable side is covered by the fleet tests
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_once_prints_one_json_line_and_exits_by_outcome() {
+    let env = TenantEnv::new().await;
+    env.upload(&three_users());
+    let bin = crate::tenant_env::worker_binary();
+    let key_var = shared::registry::secrets::SecretSource::env_var_for(
+        &shared::TenantName::parse(env.tenant()).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let run = async |tenant: &str| {
+        let out = tokio::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&env.settings_path)
+            .args(["once", "--tenant", tenant])
+            .env(&key_var, &env.account.password)
+            .env("RUST_LOG", "debug")
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run the worker: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "one JSON line on stdout, got {stdout:?}; stderr:\n{stderr}");
+        let json: serde_json::Value =
+            serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert!(
+            !stdout.contains(&env.account.password) && !stderr.contains(&env.account.password),
+            "the key is never printed"
+        );
+        (out.status.code(), json)
+    };
+    let (code, json) = run(env.tenant()).await;
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(json["outcome"], "imported", "{json}");
+    assert_eq!(json["counts"]["created"], 3, "{json}");
+    assert_eq!(env.fake.users(&env.domain).len(), 3);
+
+    let (code, json) = run("nobody").await;
+    assert_ne!(code, Some(0));
+    assert_eq!(
+        (json["outcome"].as_str(), json["reason"].as_str()),
+        (Some("failed"), Some("unknown-tenant")),
+        "{json}"
+    );
+}

@@ -25,6 +25,7 @@ pub struct TenantEnv {
     pub admin_email: String,
     /// Holds the registry, settings and work files for the test's lifetime.
     pub _dir: tempfile::TempDir,
+    pub settings_path: PathBuf,
     pub deps: Deps,
 }
 
@@ -138,6 +139,7 @@ progress_every = 2
             domain,
             admin_email,
             _dir: dir,
+            settings_path,
             deps,
         }
     }
@@ -225,4 +227,28 @@ fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
     csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(text.as_bytes())
+}
+
+/// The `worker` binary, built once per test process (cargo does not build a dependency's binaries
+/// for another package's tests).
+pub fn worker_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "worker", "--bin", "worker"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+        assert!(status.success(), "building the worker binary failed");
+        // target/debug/deps/integration-… → target/debug/worker
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("worker"))
+            .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
+        assert!(bin.exists(), "no worker binary at {}", bin.display());
+        bin
+    })
+    .clone()
 }

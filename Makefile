@@ -1,0 +1,36 @@
+# Every command of the project in one place: `make help`.
+.DEFAULT_GOAL := help
+.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+demo: ## the main job locally: stack up, the demo tenant imported end to end
+	scripts/demo.sh
+
+test: ## the whole test suite (services, fmt, clippy, tests) - what CI runs
+	scripts/test.sh
+
+stack-up: ## start the local stack (RabbitMQ, Redis, vsftpd FTPS, SMTP sink, platform fake)
+	scripts/stack.sh up
+
+stack-status: ## show what of the local stack is running
+	scripts/stack.sh status
+
+stack-stop: ## stop what the stack script started
+	scripts/stack.sh stop
+
+fmt: ## format the code
+	cargo fmt --all
+
+lint: ## clippy with warnings as errors
+	cargo clippy --workspace --all-targets -- -D warnings
+
+build: ## debug build of everything
+	cargo build --workspace
+
+release: ## release build of the binaries
+	cargo build --release -p worker -p scheduler -p platform-fake
+
+bench-pipeline: ## pipeline benchmarks (FTPS fetch+hash vs curl, import rate, peak RSS); see BENCHMARKS.md
+	scripts/bench-pipeline.sh

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole test suite, as CI runs it: the services the tests need (the local
+# stack script installs and starts what is missing), formatting, lints, then every test.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+echo "== services"
+scripts/stack.sh up
+scripts/stack.sh status
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
