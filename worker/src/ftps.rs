@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -95,12 +95,10 @@ impl FtpsConnector {
         key: &ApiKey,
     ) -> Result<FtpsSession, FtpsError> {
         let refusal = Arc::new(Mutex::new(None));
-        let verifier = WebPkiServerVerifier::builder_with_provider(
-            self.roots.clone(),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| FtpsError::Certificate(e.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| FtpsError::Certificate(e.to_string()))?;
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| FtpsError::Transport(e.to_string()))?
@@ -112,13 +110,17 @@ impl FtpsConnector {
                 refusal: refusal.clone(),
             }))
             .with_no_client_auth();
-        let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::new(config)));
+        let connector =
+            AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::new(config)));
 
         let io = self.io_timeout;
         let addr = format!("{host}:{port}");
-        let plain = bounded(self.connect_timeout, AsyncRustlsFtpStream::connect(addr.as_str()))
-            .await?
-            .map_err(transport)?;
+        let plain = bounded(
+            self.connect_timeout,
+            AsyncRustlsFtpStream::connect(addr.as_str()),
+        )
+        .await?
+        .map_err(transport)?;
         let secured = bounded(io, plain.into_secure(connector, host)).await?;
         let mut stream = match secured {
             Ok(s) => s,
@@ -209,7 +211,9 @@ impl FtpsSession {
             dest.write_all(&buf[..n]).await?;
         }
         dest.flush().await?;
-        bounded(self.io, transfer.finish()).await?.map_err(transport)?;
+        bounded(self.io, transfer.finish())
+            .await?
+            .map_err(transport)?;
         Ok(Some(total))
     }
 
@@ -223,7 +227,11 @@ impl FtpsSession {
     }
 
     /// Uploads (replaces) a file from any reader.
-    pub async fn put<R: AsyncRead + Unpin>(&mut self, path: &str, reader: &mut R) -> Result<u64, FtpsError> {
+    pub async fn put<R: AsyncRead + Unpin>(
+        &mut self,
+        path: &str,
+        reader: &mut R,
+    ) -> Result<u64, FtpsError> {
         bounded(self.io, self.stream.put_file(path, reader))
             .await?
             .map_err(transport)

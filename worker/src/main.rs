@@ -10,7 +10,11 @@ use shared::registry::secrets::SecretSource;
 use shared::settings::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about = "Runs user imports for the fleet's tenants")]
+#[command(
+    name = "worker",
+    version,
+    about = "Runs user imports for the fleet's tenants"
+)]
 struct Cli {
     /// Settings file (TOML); every setting also has a USER_IMPORT__SECTION__KEY variable.
     #[arg(long, env = "USER_IMPORT_CONFIG", global = true)]
@@ -72,7 +76,11 @@ fn main() -> ExitCode {
                 };
                 let (line, ok) = worker::once::run_once(&deps, &tenant).await;
                 println!("{line}");
-                if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             })
         }
     }

@@ -9,7 +9,12 @@ use crate::outcome::{JobError, Outcome};
 use crate::pipeline::{Deps, JobContext, process_job};
 
 /// The JSON line `worker once` prints.
-pub fn result_json(tenant: &str, job_id: Uuid, result: &Result<Outcome, JobError>, elapsed_ms: u128) -> serde_json::Value {
+pub fn result_json(
+    tenant: &str,
+    job_id: Uuid,
+    result: &Result<Outcome, JobError>,
+    elapsed_ms: u128,
+) -> serde_json::Value {
     match result {
         Ok(outcome) => {
             let mut v = serde_json::to_value(outcome).unwrap_or_else(|_| json!({}));
@@ -44,5 +49,8 @@ pub async fn run_once(deps: &Deps, tenant: &str) -> (serde_json::Value, bool) {
     )
     .await;
     let ok = result.is_ok();
-    (result_json(tenant, job_id, &result, started.elapsed().as_millis()), ok)
+    (
+        result_json(tenant, job_id, &result, started.elapsed().as_millis()),
+        ok,
+    )
 }

@@ -49,7 +49,11 @@ mod tests {
 
     #[test]
     fn ordinary_addresses_parse() {
-        for ok in ["a@b.co", "first.last+tag@sub.example.org", "o'brien@example.ie"] {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@sub.example.org",
+            "o'brien@example.ie",
+        ] {
             assert!(EmailAddress::parse(ok).is_ok(), "{ok}");
         }
     }

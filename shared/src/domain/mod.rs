@@ -25,7 +25,11 @@ impl ParseError {
     pub(crate) fn new(kind: &'static str, value: &str, reason: &'static str) -> Self {
         // Cut what we echo back: a hostile value should not flood a log line.
         let value: String = value.chars().take(80).collect();
-        Self { kind, value, reason }
+        Self {
+            kind,
+            value,
+            reason,
+        }
     }
 }
 

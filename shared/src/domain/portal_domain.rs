@@ -51,7 +51,14 @@ mod tests {
 
     #[test]
     fn non_hostnames_are_refused() {
-        for bad in ["acme", "Acme.com", "acme..com", "-a.com", "a_b.com", "a.com/x"] {
+        for bad in [
+            "acme",
+            "Acme.com",
+            "acme..com",
+            "-a.com",
+            "a_b.com",
+            "a.com/x",
+        ] {
             assert!(PortalDomain::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -11,7 +11,10 @@ impl Region {
         if raw.is_empty() || raw.len() > 16 {
             return Err(ParseError::new("region", raw, "must be 1 to 16 characters"));
         }
-        if !raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
             return Err(ParseError::new(
                 "region",
                 raw,

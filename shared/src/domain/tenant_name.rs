@@ -40,12 +40,24 @@ mod tests {
 
     #[test]
     fn a_hostname_label_is_a_tenant_name() {
-        assert_eq!(TenantName::parse("acme-2").map(|t| t.to_string()), Ok("acme-2".into()));
+        assert_eq!(
+            TenantName::parse("acme-2").map(|t| t.to_string()),
+            Ok("acme-2".into())
+        );
     }
 
     #[test]
     fn names_that_cannot_be_a_login_are_refused() {
-        for bad in ["", "Acme", "2acme", "acme_x", "acme-", "a b", "../etc", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Acme",
+            "2acme",
+            "acme_x",
+            "acme-",
+            "a b",
+            "../etc",
+            &"a".repeat(33),
+        ] {
             assert!(TenantName::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

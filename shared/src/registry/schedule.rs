@@ -17,9 +17,12 @@ impl Schedule {
     /// Parses a cron expression (5 fields, or 6/7 with seconds/year; `@daily` and friends) and an
     /// IANA time-zone name.
     pub fn parse(expr: &str, tz: &str) -> Result<Self, (&'static str, String)> {
-        let cron: Cron = expr
-            .parse()
-            .map_err(|e| ("schedule", format!("{expr:?} is not a cron expression: {e}")))?;
+        let cron: Cron = expr.parse().map_err(|e| {
+            (
+                "schedule",
+                format!("{expr:?} is not a cron expression: {e}"),
+            )
+        })?;
         let tz: Tz = tz
             .parse()
             .map_err(|_| ("timezone", format!("{tz:?} is not an IANA time zone")))?;
@@ -80,7 +83,13 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_name_their_field() {
-        assert_eq!(Schedule::parse("61 * * * *", "UTC").err().map(|e| e.0), Some("schedule"));
-        assert_eq!(Schedule::parse("@daily", "Mars/Base").err().map(|e| e.0), Some("timezone"));
+        assert_eq!(
+            Schedule::parse("61 * * * *", "UTC").err().map(|e| e.0),
+            Some("schedule")
+        );
+        assert_eq!(
+            Schedule::parse("@daily", "Mars/Base").err().map(|e| e.0),
+            Some("timezone")
+        );
     }
 }

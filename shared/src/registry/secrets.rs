@@ -58,12 +58,12 @@ impl SecretSource {
         let var = Self::env_var_for(tenant);
         let file = self.dir.as_ref().map(|d| d.join(tenant.as_str()));
         let value = match &file {
-            Some(path) if path.exists() => std::fs::read_to_string(path).map_err(|e| {
-                SecretError::Unreadable {
+            Some(path) if path.exists() => {
+                std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
                     tenant: tenant.to_string(),
                     message: e.to_string(),
-                }
-            })?,
+                })?
+            }
             _ => match self.env.get(&var) {
                 Some(v) => v.clone(),
                 None => {
@@ -103,12 +103,28 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("acme"), "from-file\n")?;
         let env = HashMap::from([
-            ("USER_IMPORT_API_KEY_ACME".to_string(), "from-env".to_string()),
-            ("USER_IMPORT_API_KEY_BETA_2".to_string(), "beta-env".to_string()),
+            (
+                "USER_IMPORT_API_KEY_ACME".to_string(),
+                "from-env".to_string(),
+            ),
+            (
+                "USER_IMPORT_API_KEY_BETA_2".to_string(),
+                "beta-env".to_string(),
+            ),
         ]);
         let src = SecretSource::new(Some(dir.path().to_owned()), &env);
-        assert_eq!(src.api_key(&name("acme")).map(|k| k.expose().to_owned()).ok(), Some("from-file".into()));
-        assert_eq!(src.api_key(&name("beta-2")).map(|k| k.expose().to_owned()).ok(), Some("beta-env".into()));
+        assert_eq!(
+            src.api_key(&name("acme"))
+                .map(|k| k.expose().to_owned())
+                .ok(),
+            Some("from-file".into())
+        );
+        assert_eq!(
+            src.api_key(&name("beta-2"))
+                .map(|k| k.expose().to_owned())
+                .ok(),
+            Some("beta-env".into())
+        );
         Ok(())
     }
 
@@ -117,9 +133,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("bad"), "line1\nline2\n")?;
         let src = SecretSource::new(Some(dir.path().to_owned()), &HashMap::new());
-        let e = src.api_key(&name("nobody")).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = src
+            .api_key(&name("nobody"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("USER_IMPORT_API_KEY_NOBODY"), "{e}");
-        let e = src.api_key(&name("bad")).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = src
+            .api_key(&name("bad"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("not one line") && !e.contains("line1"), "{e}");
         Ok(())
     }

@@ -120,8 +120,12 @@ fn field(name: &str, message: impl std::fmt::Display) -> FieldError {
 }
 
 pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
-    let raw = RawTenant::deserialize(toml::Value::Table(table))
-        .map_err(|e| (super::backticked(e.message()), e.message().trim().to_owned()))?;
+    let raw = RawTenant::deserialize(toml::Value::Table(table)).map_err(|e| {
+        (
+            super::backticked(e.message()),
+            e.message().trim().to_owned(),
+        )
+    })?;
     let name = TenantName::parse(&raw.name).map_err(|e| field("name", e))?;
     let region = Region::parse(&raw.region).map_err(|e| field("region", e))?;
     let portal_domain =
@@ -152,8 +156,7 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         return Err(field("admin.username", "must be a non-empty user name"));
     }
     let email = EmailAddress::parse(&raw.admin.email).map_err(|e| field("admin.email", e))?;
-    let schedule =
-        Schedule::parse(&raw.schedule, &raw.timezone).map_err(|(f, m)| field(f, m))?;
+    let schedule = Schedule::parse(&raw.schedule, &raw.timezone).map_err(|(f, m)| field(f, m))?;
     if raw.limits.api_concurrency == Some(0) {
         return Err(field("limits.api_concurrency", "must be at least 1"));
     }

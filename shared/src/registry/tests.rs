@@ -43,7 +43,10 @@ fn a_good_registry_loads_with_defaults_applied() -> Result<(), RegistryError> {
     assert_eq!(acme.schedule.expr(), "0 0 * * *", "default schedule");
     assert!(acme.enabled);
     assert_eq!(acme.limits.api_concurrency, Some(4));
-    assert_eq!(acme.api_base_url.as_str(), "https://api.learning-admin.com/eu/");
+    assert_eq!(
+        acme.api_base_url.as_str(),
+        "https://api.learning-admin.com/eu/"
+    );
     let beta = r.get("beta").ok_or_else(|| panic!("beta"))?;
     assert_eq!(beta.ftps_port, 21, "the tenant overrides [defaults]");
     assert!(!beta.enabled);
@@ -82,7 +85,10 @@ fn errors_name_the_file_the_tenant_and_the_field() {
             "portal_domain",
         ),
         (
-            acme_with("https://api.learning-admin.com/eu", "http://api.learning-admin.com/eu"),
+            acme_with(
+                "https://api.learning-admin.com/eu",
+                "http://api.learning-admin.com/eu",
+            ),
             "api_base_url",
         ),
         (
@@ -100,7 +106,10 @@ fn errors_name_the_file_the_tenant_and_the_field() {
         assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
         assert_eq!(e.field.as_deref(), Some(field), "{e}");
         let shown = e.to_string();
-        assert!(shown.contains("tenants.toml") && shown.contains("acme") && shown.contains(field), "{shown}");
+        assert!(
+            shown.contains("tenants.toml") && shown.contains("acme") && shown.contains(field),
+            "{shown}"
+        );
     }
 }
 
@@ -108,12 +117,19 @@ fn errors_name_the_file_the_tenant_and_the_field() {
 fn a_bad_schedule_names_the_schedule_field() {
     let text = GOOD.replace("30 2 * * MON-FRI", "every day");
     let e = error_of(&text);
-    assert_eq!((e.tenant.as_deref(), e.field.as_deref()), (Some("beta"), Some("schedule")));
+    assert_eq!(
+        (e.tenant.as_deref(), e.field.as_deref()),
+        (Some("beta"), Some("schedule"))
+    );
 }
 
 #[test]
 fn a_tenant_listed_twice_is_refused() {
-    let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[tenant]]").unwrap_or(0)..GOOD.find("[[tenant]]\nname = \"beta\"").unwrap_or(0)]);
+    let text = format!(
+        "{GOOD}\n{}",
+        &GOOD[GOOD.find("[[tenant]]").unwrap_or(0)
+            ..GOOD.find("[[tenant]]\nname = \"beta\"").unwrap_or(0)]
+    );
     let e = error_of(&text);
     assert_eq!(e.field.as_deref(), Some("name"), "{e}");
 }
@@ -128,7 +144,10 @@ fn an_entry_without_a_name_is_named_by_its_position() {
 #[test]
 fn toml_syntax_errors_name_the_file() {
     let e = error_of("[[tenant]\nname=");
-    assert!(e.to_string().starts_with("tenant registry tenants.toml"), "{e}");
+    assert!(
+        e.to_string().starts_with("tenant registry tenants.toml"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -286,14 +286,15 @@ impl Settings {
             None => (toml::Table::new(), String::new()),
         };
         env::apply_overrides(&mut table, env)?;
-        let settings: Settings =
-            Settings::deserialize(toml::Value::Table(table)).map_err(|e| {
-                SettingsError::Invalid {
-                    origin: origin.clone(),
-                    message: e.message().to_owned(),
-                }
-            })?;
-        settings.validate().map_err(|message| SettingsError::Invalid { origin, message })?;
+        let settings: Settings = Settings::deserialize(toml::Value::Table(table)).map_err(|e| {
+            SettingsError::Invalid {
+                origin: origin.clone(),
+                message: e.message().to_owned(),
+            }
+        })?;
+        settings
+            .validate()
+            .map_err(|message| SettingsError::Invalid { origin, message })?;
         Ok(settings)
     }
 
@@ -316,7 +317,12 @@ impl Settings {
         if self.amqp.prefetch == 0 {
             return Err("amqp.prefetch must be at least 1".into());
         }
-        if self.smtp.from.parse::<lettre_free_mailbox::Mailbox>().is_err() {
+        if self
+            .smtp
+            .from
+            .parse::<lettre_free_mailbox::Mailbox>()
+            .is_err()
+        {
             return Err(format!("smtp.from {:?} is not an address", self.smtp.from));
         }
         Ok(())
@@ -334,7 +340,9 @@ mod lettre_free_mailbox {
                 (None, None) => s.trim(),
                 _ => return Err(()),
             };
-            crate::EmailAddress::parse(addr).map(|_| Mailbox).map_err(|_| ())
+            crate::EmailAddress::parse(addr)
+                .map(|_| Mailbox)
+                .map_err(|_| ())
         }
     }
 }

@@ -63,7 +63,11 @@ fn unknown_keys_are_refused_with_their_name() -> Result<(), Box<dyn std::error::
 fn nonsense_values_get_clear_errors() {
     for (k, v, needle) in [
         ("USER_IMPORT__IMPORT__CONCURRENCY", "0", "concurrency"),
-        ("USER_IMPORT__PLATFORM__REQUEST_TIMEOUT", "soon", "request_timeout"),
+        (
+            "USER_IMPORT__PLATFORM__REQUEST_TIMEOUT",
+            "soon",
+            "request_timeout",
+        ),
         ("USER_IMPORT__SMTP__FROM", "nobody", "smtp.from"),
     ] {
         let e = Settings::load(None, &env(&[(k, v)]))

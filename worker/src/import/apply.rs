@@ -44,7 +44,10 @@ impl RowStatus {
     }
 
     pub fn is_problem(self) -> bool {
-        matches!(self, RowStatus::Invalid | RowStatus::Failed | RowStatus::Unconfirmed)
+        matches!(
+            self,
+            RowStatus::Invalid | RowStatus::Failed | RowStatus::Unconfirmed
+        )
     }
 }
 
@@ -74,7 +77,10 @@ pub struct ApplyContext<'a> {
 pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, CredentialsRefused> {
     let mut steps: Vec<&'static str> = Vec::new();
     let line = row.line;
-    let shown = row.new_username.clone().unwrap_or_else(|| row.username.clone());
+    let shown = row
+        .new_username
+        .clone()
+        .unwrap_or_else(|| row.username.clone());
     let result = run(ctx, &row, &mut steps).await;
     let action = if steps.is_empty() {
         "none".to_owned()
@@ -139,12 +145,14 @@ async fn run(
             Created::Exists => {
                 // Created meanwhile (or our own earlier attempt got through): update instead.
                 steps.pop();
-                uid = row.new_username.clone().unwrap_or_else(|| row.username.clone());
+                uid = row
+                    .new_username
+                    .clone()
+                    .unwrap_or_else(|| row.username.clone());
                 rename = None;
-                let now = c
-                    .get_user(&uid)
-                    .await?
-                    .ok_or_else(|| Failure::Failed("create answered 409 but the user is not there".into()))?;
+                let now = c.get_user(&uid).await?.ok_or_else(|| {
+                    Failure::Failed("create answered 409 but the user is not there".into())
+                })?;
                 update(ctx, row, &uid, None, &now, steps, &mut notes).await?
             }
         },
@@ -260,7 +268,11 @@ async fn update(
     if let Some(new) = rename {
         profile.insert("username".into(), Value::String(new.to_owned()));
     }
-    let have: BTreeSet<String> = current.groups.iter().map(|g| g.name.to_lowercase()).collect();
+    let have: BTreeSet<String> = current
+        .groups
+        .iter()
+        .map(|g| g.name.to_lowercase())
+        .collect();
     let add: Vec<Value> = row
         .groups
         .iter()

@@ -112,7 +112,9 @@ pub async fn run(
             params.options.clone(),
             first.duplicates,
         );
-        tokio::task::spawn_blocking(move || second_pass(&file, delimiter, &template, &options, &dups, &tx))
+        tokio::task::spawn_blocking(move || {
+            second_pass(&file, delimiter, &template, &options, &dups, &tx)
+        })
     };
 
     let mut writer = ResultsWriter::create(results_path)?;
@@ -281,7 +283,11 @@ fn first_pass(
             }
         }
     }
-    let duplicates = seen.into_iter().filter(|(_, d)| *d).map(|(h, _)| h).collect();
+    let duplicates = seen
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(h, _)| h)
+        .collect();
     Ok(FirstPass {
         template,
         rows,

@@ -48,7 +48,10 @@ impl ResultsWriter {
 
     pub fn finish(mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        let inner = self.out.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let inner = self
+            .out
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         inner.into_inner().map_err(|e| e.into_error())?.sync_all()
     }
 }

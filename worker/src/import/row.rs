@@ -66,7 +66,9 @@ fn valid_username(u: &str) -> Result<(), String> {
         return Err("Username is longer than 255 characters".into());
     }
     if u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("Username {u:?} holds white space or control characters"));
+        return Err(format!(
+            "Username {u:?} holds white space or control characters"
+        ));
     }
     Ok(())
 }
@@ -82,7 +84,10 @@ pub fn validate(
     template: &Template,
     options: &ImportOptions,
 ) -> Result<RowInput, RowError> {
-    let raw_username = record.get(template.username).map(|s| s.trim()).unwrap_or("");
+    let raw_username = record
+        .get(template.username)
+        .map(|s| s.trim())
+        .unwrap_or("");
     let fail = |message: String| RowError {
         line,
         username: raw_username.chars().take(255).collect(),
@@ -209,17 +214,45 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const COLS: &[&str] = &["Username", "First name", "Surname", "Email address", "Department", "Groups", "Account state", "New username", "Password"];
+    const COLS: &[&str] = &[
+        "Username",
+        "First name",
+        "Surname",
+        "Email address",
+        "Department",
+        "Groups",
+        "Account state",
+        "New username",
+        "Password",
+    ];
 
     #[test]
     fn a_good_row_becomes_an_input() {
         let t = template(COLS);
-        let r = validate(2, &["jdoe", " Jane ", "Doe", "jane@x.org", "sales", "A; B;;A", "Deactivated", "", "pw "], &t, &ImportOptions::default())
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        let r = validate(
+            2,
+            &[
+                "jdoe",
+                " Jane ",
+                "Doe",
+                "jane@x.org",
+                "sales",
+                "A; B;;A",
+                "Deactivated",
+                "",
+                "pw ",
+            ],
+            &t,
+            &ImportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(r.username, "jdoe");
         assert_eq!(r.state, Some(StateChange::Deactivate));
         assert_eq!(r.groups, vec!["A".to_string(), "B".to_string()]);
-        assert!(r.profile.contains(&("department".into(), "Sales".into())), "canonical spelling");
+        assert!(
+            r.profile.contains(&("department".into(), "Sales".into())),
+            "canonical spelling"
+        );
         assert!(r.profile.contains(&("forename".into(), "Jane".into())));
         assert_eq!(r.password.as_deref(), Some("pw "));
     }
@@ -227,13 +260,32 @@ mod tests {
     #[test]
     fn bad_cells_are_all_named_with_the_line() {
         let t = template(COLS);
-        let e = validate(7, &["jdoe", "J", "D", "not-mail", "Marketing", "", "Locked", "", ""], &t, &ImportOptions::default())
-            .err()
-            .unwrap_or_else(|| panic!("should fail"));
+        let e = validate(
+            7,
+            &[
+                "jdoe",
+                "J",
+                "D",
+                "not-mail",
+                "Marketing",
+                "",
+                "Locked",
+                "",
+                "",
+            ],
+            &t,
+            &ImportOptions::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("should fail"));
         assert_eq!(e.line, 7);
         assert_eq!(e.username, "jdoe");
         assert!(e.message.contains("Email address"), "{}", e.message);
-        assert!(e.message.contains("Department \"Marketing\""), "{}", e.message);
+        assert!(
+            e.message.contains("Department \"Marketing\""),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("Locked"), "{}", e.message);
     }
 
@@ -253,8 +305,15 @@ mod tests {
         let cells = ["jdoe", "", "", "", "", "", "", "", ""];
         let keep = validate(2, &cells, &t, &ImportOptions::default()).map(|r| r.profile);
         assert_eq!(keep, Ok(vec![]));
-        let clear = ImportOptions { empty_cells: EmptyCells::Clear, ..ImportOptions::default() };
+        let clear = ImportOptions {
+            empty_cells: EmptyCells::Clear,
+            ..ImportOptions::default()
+        };
         let cleared = validate(2, &cells, &t, &clear).map(|r| r.profile);
-        assert_eq!(cleared, Ok(vec![("mail".to_string(), String::new())]), "mandatory fields are never cleared");
+        assert_eq!(
+            cleared,
+            Ok(vec![("mail".to_string(), String::new())]),
+            "mandatory fields are never cleared"
+        );
     }
 }

@@ -110,7 +110,9 @@ impl Template {
         let username = columns
             .iter()
             .position(|c| *c == Column::Username)
-            .ok_or_else(|| HeaderError::NoUsername(header.join(", ").chars().take(200).collect()))?;
+            .ok_or_else(|| {
+                HeaderError::NoUsername(header.join(", ").chars().take(200).collect())
+            })?;
         let fields = fields
             .iter()
             .filter(|(k, _)| columns.contains(&Column::Field((*k).clone())))
@@ -155,13 +157,30 @@ pub(crate) mod tests_support {
             values: values.map(|v| v.iter().map(|s| s.to_string()).collect()),
         };
         ProfileFields::from([
-            ("username".into(), f("Username", FieldMode::Mandatory, FieldKind::Text, None)),
-            ("forename".into(), f("First name", FieldMode::Mandatory, FieldKind::Text, None)),
-            ("surname".into(), f("Surname", FieldMode::Mandatory, FieldKind::Text, None)),
-            ("mail".into(), f("Email address", FieldMode::Optional, FieldKind::Text, None)),
+            (
+                "username".into(),
+                f("Username", FieldMode::Mandatory, FieldKind::Text, None),
+            ),
+            (
+                "forename".into(),
+                f("First name", FieldMode::Mandatory, FieldKind::Text, None),
+            ),
+            (
+                "surname".into(),
+                f("Surname", FieldMode::Mandatory, FieldKind::Text, None),
+            ),
+            (
+                "mail".into(),
+                f("Email address", FieldMode::Optional, FieldKind::Text, None),
+            ),
             (
                 "department".into(),
-                f("Department", FieldMode::Mandatory, FieldKind::SingleChoice, Some(&["Sales", "HR"])),
+                f(
+                    "Department",
+                    FieldMode::Mandatory,
+                    FieldKind::SingleChoice,
+                    Some(&["Sales", "HR"]),
+                ),
             ),
         ])
     }
@@ -179,7 +198,15 @@ mod tests {
     #[test]
     fn labels_and_keys_match_loosely() {
         let t = Template::from_header(
-            &header(&["\u{feff}USERNAME", " first  name ", "surname", "Email_Address", "Groups", "Account state", "Shoe size"]),
+            &header(&[
+                "\u{feff}USERNAME",
+                " first  name ",
+                "surname",
+                "Email_Address",
+                "Groups",
+                "Account state",
+                "Shoe size",
+            ]),
             &fields(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -201,14 +228,21 @@ mod tests {
 
     #[test]
     fn header_problems_are_file_errors() {
-        assert_eq!(Template::from_header(&header(&[""]), &fields()).err(), Some(HeaderError::Empty));
+        assert_eq!(
+            Template::from_header(&header(&[""]), &fields()).err(),
+            Some(HeaderError::Empty)
+        );
         assert!(matches!(
             Template::from_header(&header(&["First name", "Surname"]), &fields()),
             Err(HeaderError::NoUsername(_))
         ));
         assert!(matches!(
             Template::from_header(&header(&["Username", "Surname", "surname"]), &fields()),
-            Err(HeaderError::Duplicate { first: 2, second: 3, .. })
+            Err(HeaderError::Duplicate {
+                first: 2,
+                second: 3,
+                ..
+            })
         ));
         assert!(matches!(
             Template::from_header(&header(&["Username", "forename", "First name"]), &fields()),

@@ -38,7 +38,9 @@ pub async fn fetch(
     let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
     let mut hasher = Sha1::new();
     let size = session
-        .download(UPLOAD_PATH, &mut out, max_bytes, |chunk| hasher.update(chunk))
+        .download(UPLOAD_PATH, &mut out, max_bytes, |chunk| {
+            hasher.update(chunk)
+        })
         .await?;
     let Some(size) = size else {
         // Deleted between SIZE and RETR.

@@ -45,6 +45,9 @@ mod tests {
     fn the_marker_is_in_sha1sum_format() {
         let d = Sha1Digest::from_bytes([1; 20]);
         assert_eq!(marker_path(&d), format!("/tmp/{}.sha1", "01".repeat(20)));
-        assert_eq!(marker_contents(&d), format!("{}  user-import.csv\n", "01".repeat(20)));
+        assert_eq!(
+            marker_contents(&d),
+            format!("{}  user-import.csv\n", "01".repeat(20))
+        );
     }
 }

@@ -60,7 +60,9 @@ impl TenantLog {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let _ = self.tx.send(format!("{stamp} [job {}] {message}\n", self.job));
+        let _ = self
+            .tx
+            .send(format!("{stamp} [job {}] {message}\n", self.job));
     }
 
     /// A sender for raw messages (each becomes a stamped line), for stages that only report text.
@@ -111,7 +113,10 @@ async fn pump(
         if flush(&target, &mut session, &mut pending, &mut dir_ready).await {
             stats.written += pending_lines;
         } else {
-            tracing::warn!(lines = pending_lines, "tenant log lines could not be written");
+            tracing::warn!(
+                lines = pending_lines,
+                "tenant log lines could not be written"
+            );
             stats.lost += pending_lines;
         }
     }
@@ -142,7 +147,9 @@ async fn flush(
                 }
             }
         }
-        let Some(s) = session.as_mut() else { return false };
+        let Some(s) = session.as_mut() else {
+            return false;
+        };
         if !*dir_ready {
             let _ = s.ensure_dir(LOG_DIR).await;
             *dir_ready = true;

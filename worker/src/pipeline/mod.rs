@@ -37,7 +37,11 @@ pub struct Deps {
 }
 
 impl Deps {
-    pub fn build(settings: Settings, registry: Registry, secrets: SecretSource) -> anyhow::Result<Self> {
+    pub fn build(
+        settings: Settings,
+        registry: Registry,
+        secrets: SecretSource,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             http: PlatformClient::http_client(&settings.platform)?,
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
@@ -153,7 +157,9 @@ async fn stages(
     let max_bytes = tenant
         .limits
         .max_file_bytes
-        .map_or(settings.import.max_file_bytes, |l| l.min(settings.import.max_file_bytes));
+        .map_or(settings.import.max_file_bytes, |l| {
+            l.min(settings.import.max_file_bytes)
+        });
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
 
     // fetch
@@ -161,7 +167,10 @@ async fn stages(
         .instrument(tracing::info_span!("fetch"))
         .await
         .map_err(|e| match e {
-            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge { size: limit + 1, limit }),
+            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
+                size: limit + 1,
+                limit,
+            }),
             other => ftps_error(other),
         })?;
     let Some(fetched) = fetched else {
@@ -188,15 +197,25 @@ async fn stages(
     let concurrency = tenant
         .limits
         .api_concurrency
-        .map_or(settings.import.concurrency, |c| c.min(settings.import.concurrency));
-    let client = PlatformClient::new(deps.http.clone(), tenant, key.clone(), &settings.platform, concurrency);
+        .map_or(settings.import.concurrency, |c| {
+            c.min(settings.import.concurrency)
+        });
+    let client = PlatformClient::new(
+        deps.http.clone(),
+        tenant,
+        key.clone(),
+        &settings.platform,
+        concurrency,
+    );
     let params = ImportParams {
         options: tenant.import.clone(),
         concurrency,
         max_rows: tenant
             .limits
             .max_rows
-            .map_or(settings.import.max_rows, |m| m.min(settings.import.max_rows)),
+            .map_or(settings.import.max_rows, |m| {
+                m.min(settings.import.max_rows)
+            }),
         progress_every: settings.import.progress_every,
     };
     let results = tempfile::Builder::new()
@@ -205,16 +224,26 @@ async fn stages(
         .tempfile_in(&work_dir)
         .map_err(|e| Retryable::Io(e.to_string()))?;
     let progress = log.sender();
-    let summary = crate::import::run(fetched.file.path(), results.path(), &client, &params, &progress)
-        .instrument(tracing::info_span!("import"))
-        .await;
+    let summary = crate::import::run(
+        fetched.file.path(),
+        results.path(),
+        &client,
+        &params,
+        &progress,
+    )
+    .instrument(tracing::info_span!("import"))
+    .await;
     drop(progress);
     let summary = summary.map_err(|e| match e {
         ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
         ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
         ImportError::Unreadable(m) => Permanent::UnreadableFile(m).into(),
-        ImportError::TooManyRows(n) => Permanent::UnreadableFile(format!("more than {n} rows")).into(),
-        ImportError::Api(crate::platform::ApiError::Protocol(m)) => Permanent::ApiProtocol(m).into(),
+        ImportError::TooManyRows(n) => {
+            Permanent::UnreadableFile(format!("more than {n} rows")).into()
+        }
+        ImportError::Api(crate::platform::ApiError::Protocol(m)) => {
+            Permanent::ApiProtocol(m).into()
+        }
         ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
         ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
     })?;
@@ -224,7 +253,9 @@ async fn stages(
         summary.counts.rows,
         stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         stats.retries.load(std::sync::atomic::Ordering::Relaxed),
-        stats.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
     ));
 
     // report
@@ -245,7 +276,10 @@ async fn stages(
         };
         let email_sent = match report::email(&deps.mailer, &ctx).await {
             Ok(()) => {
-                log.line(format!("report emailed to the nominated admin ({})", tenant.admin.username));
+                log.line(format!(
+                    "report emailed to the nominated admin ({})",
+                    tenant.admin.username
+                ));
                 true
             }
             Err(why) => {
@@ -254,7 +288,9 @@ async fn stages(
                 false
             }
         };
-        hash::write_marker(session, &fetched.sha1).await.map_err(ftps_error)?;
+        hash::write_marker(session, &fetched.sha1)
+            .await
+            .map_err(ftps_error)?;
         log.line(format!("marker written: /tmp/{}.sha1", fetched.sha1));
         Ok::<bool, JobError>(email_sent)
     }
@@ -269,9 +305,18 @@ async fn stages(
     })
 }
 
-async fn connect(deps: &Deps, tenant: &Tenant, key: &shared::ApiKey) -> Result<FtpsSession, JobError> {
+async fn connect(
+    deps: &Deps,
+    tenant: &Tenant,
+    key: &shared::ApiKey,
+) -> Result<FtpsSession, JobError> {
     deps.ftps
-        .connect(&tenant.ftps_host, tenant.ftps_port, tenant.name.as_str(), key)
+        .connect(
+            &tenant.ftps_host,
+            tenant.ftps_port,
+            tenant.name.as_str(),
+            key,
+        )
         .await
         .map_err(ftps_error)
 }
@@ -280,7 +325,11 @@ fn ftps_error(e: FtpsError) -> JobError {
     match e {
         FtpsError::Credentials => Permanent::FtpsCredentials.into(),
         FtpsError::Certificate(why) => Permanent::FtpsCertificate(why).into(),
-        FtpsError::TooLarge { limit } => Permanent::FileTooLarge { size: limit + 1, limit }.into(),
+        FtpsError::TooLarge { limit } => Permanent::FileTooLarge {
+            size: limit + 1,
+            limit,
+        }
+        .into(),
         FtpsError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
         other => Retryable::Ftps(other.to_string()).into(),
     }

@@ -147,7 +147,9 @@ impl PlatformClient {
     }
 
     pub async fn get_user(&self, uid: &str) -> Result<Option<UserRecord>, ApiError> {
-        let a = self.rpc("GetUser", &json!({"params": {"uid": uid}})).await?;
+        let a = self
+            .rpc("GetUser", &json!({"params": {"uid": uid}}))
+            .await?;
         match a.status {
             StatusCode::OK => parse(&a.body).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
@@ -164,10 +166,15 @@ impl PlatformClient {
     /// `SetUsers` activate/deactivate for at most 500 uids.
     pub async fn set_users(&self, action: &str, uids: &[String]) -> Result<Tid, ApiError> {
         if uids.len() > 500 {
-            return Err(ApiError::BadRequest("SetUsers takes at most 500 uids".into()));
+            return Err(ApiError::BadRequest(
+                "SetUsers takes at most 500 uids".into(),
+            ));
         }
-        self.write("SetUsers", &json!({"params": {"action": action, "uids": uids}}))
-            .await
+        self.write(
+            "SetUsers",
+            &json!({"params": {"action": action, "uids": uids}}),
+        )
+        .await
     }
 
     async fn write(&self, call: &str, body: &Value) -> Result<Tid, ApiError> {
@@ -177,9 +184,9 @@ impl PlatformClient {
                 let location = a
                     .location
                     .ok_or_else(|| ApiError::Protocol(format!("{call}: 202 without Location")))?;
-                tid_of(&location)
-                    .map(|t| Tid(t.to_owned()))
-                    .ok_or_else(|| ApiError::Protocol(format!("{call}: Location {location:?} has no tid")))
+                tid_of(&location).map(|t| Tid(t.to_owned())).ok_or_else(|| {
+                    ApiError::Protocol(format!("{call}: Location {location:?} has no tid"))
+                })
             }
             StatusCode::CONFLICT => Err(ApiError::Conflict),
             StatusCode::NOT_FOUND => Err(ApiError::NotFound),
@@ -249,7 +256,8 @@ impl PlatformClient {
             .base
             .join(call)
             .map_err(|e| ApiError::Protocol(e.to_string()))?;
-        self.send(reqwest::Method::POST, url, Some(body), call).await
+        self.send(reqwest::Method::POST, url, Some(body), call)
+            .await
     }
 
     /// One logical call: retried on 429, 5xx, timeouts and transport errors.
@@ -310,7 +318,8 @@ impl PlatformClient {
                         ApiStats::bump(&self.stats.server_errors);
                         last = format!("{call}: HTTP {}", status.as_u16());
                         self.policy.backoff(attempt)
-                    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+                    {
                         return Err(ApiError::Credentials(status.as_u16()));
                     } else {
                         return Ok(Answer {
@@ -338,7 +347,13 @@ impl PlatformClient {
                 }
             };
             if attempt < self.policy.max_attempts {
-                tracing::debug!(call, attempt, wait_ms = wait.as_millis() as u64, last, "retrying");
+                tracing::debug!(
+                    call,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    last,
+                    "retrying"
+                );
                 tokio::time::sleep(wait).await;
             }
         }
@@ -355,8 +370,11 @@ fn tid_of(location: &str) -> Option<&str> {
     let path = location.split(['?', '#']).next()?;
     let (_, tid) = path.rsplit_once("status/")?;
     let tid = tid.trim_end_matches('/');
-    (!tid.is_empty() && tid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .then_some(tid)
+    (!tid.is_empty()
+        && tid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    .then_some(tid)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -371,7 +389,11 @@ fn message_of(body: &[u8]) -> String {
 }
 
 fn unexpected(call: &str, status: StatusCode, body: &[u8]) -> ApiError {
-    ApiError::Protocol(format!("{call}: HTTP {} {}", status.as_u16(), message_of(body)))
+    ApiError::Protocol(format!(
+        "{call}: HTTP {} {}",
+        status.as_u16(),
+        message_of(body)
+    ))
 }
 
 #[cfg(test)]
