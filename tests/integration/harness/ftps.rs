@@ -1,0 +1,402 @@
+//! vsftpd with explicit FTPS, one per test process, and per-test FTP accounts (real Linux users).
+//!
+//! The configuration follows the recipe in `shared/STACK.md` (the same one `scripts/stack.sh`
+//! writes): chroot with `allow_writeable_chroot`, TLS forced for logins and data, session reuse
+//! required on data connections, passive ports on a block found free at start-up and announced
+//! as 127.0.0.1. Accounts carry the creating test process's pid in their comment field so a
+//! later test process can delete the accounts of one that was killed before its `Drop`s ran.
+
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::certs::{self, TestCerts};
+use super::process::{self, Output, Supervised, run};
+use super::{process_dir, unique};
+
+/// The comment (GECOS) field of harness-made users starts with this, followed by the pid.
+const GECOS_TAG: &str = "ui-it pid=";
+
+/// The FTPS server of this test process.
+#[derive(Debug)]
+pub struct FtpsServer {
+    /// Always "127.0.0.1" (the certificate also names `localhost`).
+    pub host: String,
+    pub port: u16,
+    /// The CA that signed the server certificate: trust only this one.
+    pub ca_file: PathBuf,
+    /// An unrelated CA, for "an unknown CA is refused" tests.
+    pub other_ca_file: PathBuf,
+    /// The passive data port range (inclusive).
+    pub pasv_ports: (u16, u16),
+    /// vsftpd's own log (every command and response; passwords are masked by vsftpd).
+    pub log_file: PathBuf,
+    homes: PathBuf,
+    _server: Supervised,
+}
+
+/// The FTPS server of this test process, started on first use.
+pub async fn ftps() -> &'static FtpsServer {
+    static FTPS: OnceLock<FtpsServer> = OnceLock::new();
+    if let Some(server) = FTPS.get() {
+        return server;
+    }
+    // Start-up runs commands and blocks: keep it off the test's async worker threads.
+    match tokio::task::spawn_blocking(|| FTPS.get_or_init(start)).await {
+        Ok(server) => server,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("harness: the FTPS start-up task failed: {e}"),
+        },
+    }
+}
+
+fn start() -> FtpsServer {
+    require_root();
+    let vsftpd = find_vsftpd();
+    // vsftpd's `secure_chroot_dir`: must exist, be empty and not writable by others.
+    fs::create_dir_all("/var/run/vsftpd/empty")
+        .unwrap_or_else(|e| panic!("harness: cannot create /var/run/vsftpd/empty: {e}"));
+    let dir = process_dir().join("ftps");
+    process::public_dir(&dir);
+    let certs = certs::generate(&dir.join("certs"));
+    let homes = dir.join("homes");
+    process::public_dir(&homes);
+    let log_file = dir.join("vsftpd.log");
+    let out_file = dir.join("vsftpd.out");
+
+    // The control port is picked by binding port 0, then handed to vsftpd: another process
+    // may take it in between, so a server that dies at start-up is retried on new ports.
+    let mut last_error = String::new();
+    for _attempt in 0..3 {
+        let port = process::free_port();
+        let pasv_ports = process::free_port_block(40);
+        let conf = dir.join("vsftpd.conf");
+        fs::write(&conf, vsftpd_conf(port, pasv_ports, &certs, &log_file))
+            .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", conf.display()));
+        let server = Supervised::spawn("vsftpd", &vsftpd, &[&conf.to_string_lossy()], &out_file);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        match server.wait_for_greeting(addr, process::READY_TIMEOUT) {
+            Ok(()) => {
+                return FtpsServer {
+                    host: "127.0.0.1".to_owned(),
+                    port,
+                    ca_file: certs.ca_file.clone(),
+                    other_ca_file: certs.other_ca_file.clone(),
+                    pasv_ports,
+                    log_file,
+                    homes,
+                    _server: server,
+                };
+            }
+            Err(e) if server.exited().is_some() => last_error = e,
+            Err(e) => panic!("harness: {e}"),
+        }
+    }
+    panic!("harness: vsftpd failed to start three times; last failure: {last_error}");
+}
+
+/// vsftpd exits with status 2 and no message on an unknown or malformed line: keep to the
+/// options of the verified recipe.
+fn vsftpd_conf(port: u16, pasv: (u16, u16), certs: &TestCerts, log_file: &Path) -> String {
+    format!(
+        "listen=YES\n\
+         listen_address=127.0.0.1\n\
+         listen_port={port}\n\
+         background=NO\n\
+         anonymous_enable=NO\n\
+         local_enable=YES\n\
+         write_enable=YES\n\
+         local_umask=022\n\
+         chroot_local_user=YES\n\
+         allow_writeable_chroot=YES\n\
+         secure_chroot_dir=/var/run/vsftpd/empty\n\
+         pam_service_name=vsftpd\n\
+         pasv_enable=YES\n\
+         pasv_min_port={}\n\
+         pasv_max_port={}\n\
+         pasv_address=127.0.0.1\n\
+         ssl_enable=YES\n\
+         rsa_cert_file={}\n\
+         rsa_private_key_file={}\n\
+         force_local_logins_ssl=YES\n\
+         force_local_data_ssl=YES\n\
+         require_ssl_reuse=YES\n\
+         xferlog_enable=YES\n\
+         xferlog_std_format=NO\n\
+         log_ftp_protocol=YES\n\
+         vsftpd_log_file={}\n",
+        pasv.0,
+        pasv.1,
+        certs.server_cert.display(),
+        certs.server_key.display(),
+        log_file.display(),
+    )
+}
+
+fn require_root() {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("");
+    assert!(
+        uid == "0",
+        "harness: the FTPS tests must run as root (they start vsftpd and create Linux users)"
+    );
+}
+
+fn find_vsftpd() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/vsftpd");
+    let path = if sbin.is_file() {
+        sbin
+    } else {
+        PathBuf::from("vsftpd")
+    };
+    process::require_program(&path);
+    path
+}
+
+/// Serialises this process's edits of /etc/passwd; other processes are handled by retrying.
+static PASSWD: Mutex<()> = Mutex::new(());
+
+/// Runs a shadow-utils command, retrying while another process holds the passwd/group locks.
+fn run_passwd_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(program, args, stdin);
+        let locked = out.stderr.contains("lock") || out.stderr.contains("try again");
+        if out.success() || !locked || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(rand::random_range(20..120)));
+    }
+}
+
+impl FtpsServer {
+    /// A new Linux user with a unique name (`t-xxxxxxxx`), a random 32-hex-digit password and a
+    /// home holding `uploads/ tmp/ log/ reports/`, all owned by it. It can log in at once.
+    pub fn create_account(&self) -> FtpAccount {
+        self.create_account_with_prefix("t")
+    }
+
+    /// Same as `create_account`, with the user name starting with `prefix` (see `unique`).
+    pub fn create_account_with_prefix(&self, prefix: &str) -> FtpAccount {
+        let _guard = PASSWD.lock().unwrap_or_else(|p| p.into_inner());
+        let gecos = format!("{GECOS_TAG}{}", std::process::id());
+        for _ in 0..5 {
+            let user = unique(prefix);
+            let home = self.homes.join(&user);
+            let home_arg = home.to_string_lossy().into_owned();
+            // -M: a bare home made below (no /etc/skel dotfiles in listings). /bin/bash is in
+            // /etc/shells, which vsftpd's PAM stack (pam_shells) requires.
+            let out = run_passwd_tool(
+                "useradd",
+                &[
+                    "-M",
+                    "-d",
+                    &home_arg,
+                    "-s",
+                    "/bin/bash",
+                    "-c",
+                    &gecos,
+                    &user,
+                ],
+                None,
+            );
+            if out.code == Some(9) {
+                continue; // the name exists (another process drew the same one)
+            }
+            assert!(
+                out.success(),
+                "harness: useradd {user} failed: {}",
+                out.stderr
+            );
+            let password = format!("{:032x}", rand::random::<u128>());
+            let out = run_passwd_tool("chpasswd", &[], Some(&format!("{user}:{password}\n")));
+            assert!(
+                out.success(),
+                "harness: chpasswd for {user} failed: {}",
+                out.stderr
+            );
+            let (uid, gid) = passwd_ids(&user);
+            let account = FtpAccount {
+                user,
+                password,
+                home,
+                uid,
+                gid,
+            };
+            account.make_dir(&account.home);
+            for sub in ["uploads", "tmp", "log", "reports"] {
+                account.make_dir(&account.home.join(sub));
+            }
+            return account;
+        }
+        panic!("harness: could not find a free user name after 5 tries");
+    }
+}
+
+/// uid and gid of a user, from /etc/passwd.
+fn passwd_ids(user: &str) -> (u32, u32) {
+    let passwd = fs::read_to_string("/etc/passwd")
+        .unwrap_or_else(|e| panic!("harness: cannot read /etc/passwd: {e}"));
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[0] == user)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .unwrap_or_else(|| panic!("harness: user {user} is not in /etc/passwd"))
+}
+
+/// Deletes the users left by test processes that no longer exist.
+pub(super) fn remove_stale_accounts() {
+    let Ok(passwd) = fs::read_to_string("/etc/passwd") else {
+        return;
+    };
+    let stale: Vec<String> = passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let pid: u32 = f.get(4)?.strip_prefix(GECOS_TAG)?.parse().ok()?;
+            (!process::pid_alive(pid)).then(|| f[0].to_owned())
+        })
+        .collect();
+    let _guard = PASSWD.lock().unwrap_or_else(|p| p.into_inner());
+    for user in stale {
+        let _ = run_passwd_tool("userdel", &["-f", "-r", &user], None);
+    }
+}
+
+/// A per-test FTP account. Dropping it deletes the user and its home.
+pub struct FtpAccount {
+    pub user: String,
+    pub password: String,
+    pub home: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+impl fmt::Debug for FtpAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FtpAccount")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("home", &self.home)
+            .finish()
+    }
+}
+
+impl FtpAccount {
+    /// The path of `rel` (as seen over FTP, e.g. "/uploads/user-import.csv") in the home.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        let rel = Path::new(rel.trim_start_matches('/'));
+        assert!(
+            rel.components().all(|c| matches!(c, Component::Normal(_))),
+            "harness: {rel:?} must be a plain relative path inside the home"
+        );
+        self.home.join(rel)
+    }
+
+    /// Writes a file (creating its directories), owned by the user.
+    pub fn put(&self, rel: &str, bytes: &[u8]) {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            self.make_dir(parent);
+        }
+        fs::write(&path, bytes)
+            .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
+        self.chown(&path);
+    }
+
+    /// A file's bytes, or `None` if it does not exist.
+    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
+        let path = self.path(rel);
+        match fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => panic!("harness: cannot read {}: {e}", path.display()),
+        }
+    }
+
+    /// The names in a directory, sorted; empty if it does not exist.
+    pub fn list(&self, rel_dir: &str) -> Vec<String> {
+        let path = if rel_dir.trim_matches('/').is_empty() {
+            self.home.clone()
+        } else {
+            self.path(rel_dir)
+        };
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("harness: cannot list {}: {e}", path.display()),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes a file or a directory tree; nothing if it does not exist.
+    pub fn remove(&self, rel: &str) {
+        let path = self.path(rel);
+        let result = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => panic!("harness: cannot remove {}: {e}", path.display()),
+        }
+    }
+
+    /// Creates `dir` and its missing parents below the home, each owned by the user.
+    fn make_dir(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if dir.is_dir() {
+            return;
+        }
+        if dir != self.home
+            && let Some(parent) = dir.parent()
+        {
+            self.make_dir(parent);
+        }
+        fs::create_dir(dir)
+            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
+            .unwrap_or_else(|e| panic!("harness: cannot create {}: {e}", dir.display()));
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("harness: cannot chmod {}: {e}", dir.display()));
+        self.chown(dir);
+    }
+
+    fn chown(&self, path: &Path) {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
+    }
+}
+
+impl Drop for FtpAccount {
+    fn drop(&mut self) {
+        // -f: a vsftpd session of this user may still be closing.
+        let _guard = PASSWD.lock().unwrap_or_else(|p| p.into_inner());
+        let out = run_passwd_tool("userdel", &["-f", "-r", &self.user], None);
+        if !out.success() && out.code != Some(12) {
+            // Never panic in drop (it may run while a failed test unwinds).
+            eprintln!(
+                "harness: userdel {} failed: {}",
+                self.user,
+                out.stderr.trim()
+            );
+        }
+        let _ = fs::remove_dir_all(&self.home);
+    }
+}
