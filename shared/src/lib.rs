@@ -4,7 +4,9 @@
 //! Nothing in this crate opens a connection: it only reads files it is pointed at and the
 //! environment map it is given.
 
+pub mod amqp;
 pub mod domain;
+pub mod health;
 pub mod job;
 pub mod registry;
 pub mod secret;

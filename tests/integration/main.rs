@@ -9,8 +9,13 @@
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
+//! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
+//!   as processes.
+//! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
 
 mod fake_api;
+mod fleet;
+mod fleet_env;
 mod harness;
 mod pipeline;
 mod services;

@@ -22,24 +22,57 @@ async fn a_new_file_creates_its_users() {
     let env = TenantEnv::new().await;
     env.upload(&three_users());
     let counts = env.run_imported().await;
-    assert_eq!((counts.rows, counts.created, counts.invalid, counts.failed), (3, 3, 0, 0), "{counts:?}");
+    assert_eq!(
+        (counts.rows, counts.created, counts.invalid, counts.failed),
+        (3, 3, 0, 0),
+        "{counts:?}"
+    );
 
     let users = env.fake.users(&env.domain);
-    assert_eq!(users.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(), ["ada", "alan", "grace"]);
+    assert_eq!(
+        users
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect::<Vec<_>>(),
+        ["ada", "alan", "grace"]
+    );
     let ada = &users[0];
     assert_eq!(ada.profile.get("forename").map(String::as_str), Some("Ada"));
-    assert_eq!(ada.profile.get("mail").map(String::as_str), Some("ada@example.org"));
-    assert_eq!(ada.profile.get("department").map(String::as_str), Some("Engineering"));
-    assert!(ada.groups.contains("Analysts") && ada.groups.contains("Pioneers"), "{:?}", ada.groups);
-    assert_eq!(users[1].profile.get("department").map(String::as_str), Some("Engineering"), "choice spelled the platform's way");
+    assert_eq!(
+        ada.profile.get("mail").map(String::as_str),
+        Some("ada@example.org")
+    );
+    assert_eq!(
+        ada.profile.get("department").map(String::as_str),
+        Some("Engineering")
+    );
+    assert!(
+        ada.groups.contains("Analysts") && ada.groups.contains("Pioneers"),
+        "{:?}",
+        ada.groups
+    );
+    assert_eq!(
+        users[1].profile.get("department").map(String::as_str),
+        Some("Engineering"),
+        "choice spelled the platform's way"
+    );
     assert_eq!(users[2].state, "Deactivated");
     assert_eq!(ada.state, "Activated");
 
     let log = env.log();
-    for needle in ["start:", "file found", "SHA1", "new version", "end: imported: 3 rows, 3 created"] {
+    for needle in [
+        "start:",
+        "file found",
+        "SHA1",
+        "new version",
+        "end: imported: 3 rows, 3 created",
+    ] {
         assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
     }
-    assert!(!log.contains("Lovelace") && !log.contains("ada@example.org"), "no per-user detail in the log:\n{log}");
+    assert!(
+        !log.contains("Lovelace") && !log.contains("ada@example.org"),
+        "no per-user detail in the log:\n{log}"
+    );
     assert_eq!(env.markers().len(), 1);
 }
 
@@ -55,11 +88,21 @@ async fn a_changed_file_updates_its_users() {
          grace,Grace,Hopper,grace@example.org,Support,,Deactivated\n"
     ));
     let counts = env.run_imported().await;
-    assert_eq!((counts.updated, counts.unchanged, counts.created), (2, 1, 0), "{counts:?}");
-    let ada = env.fake.user(&env.domain, "ada").unwrap_or_else(|| panic!("ada is gone"));
+    assert_eq!(
+        (counts.updated, counts.unchanged, counts.created),
+        (2, 1, 0),
+        "{counts:?}"
+    );
+    let ada = env
+        .fake
+        .user(&env.domain, "ada")
+        .unwrap_or_else(|| panic!("ada is gone"));
     assert_eq!(ada.profile.get("surname").map(String::as_str), Some("King"));
     assert!(ada.groups.contains("Countesses"));
-    assert_eq!(env.fake.user(&env.domain, "alan").map(|u| u.state), Some("Deactivated".into()));
+    assert_eq!(
+        env.fake.user(&env.domain, "alan").map(|u| u.state),
+        Some("Deactivated".into())
+    );
     assert_eq!(env.markers().len(), 2, "one marker per processed version");
 }
 
@@ -70,10 +113,22 @@ async fn the_same_file_again_is_skipped_without_any_api_call() {
     env.run_imported().await;
     env.fake.reset_calls();
     let outcome = env.run().await;
-    assert!(matches!(outcome, Ok(Outcome::AlreadyProcessed { .. })), "{outcome:?}");
-    assert_eq!(env.fake.calls(&env.domain).total(), 0, "{:?}", env.fake.calls(&env.domain));
+    assert!(
+        matches!(outcome, Ok(Outcome::AlreadyProcessed { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        env.fake.calls(&env.domain).total(),
+        0,
+        "{:?}",
+        env.fake.calls(&env.domain)
+    );
     assert!(env.log().contains("already processed"), "{}", env.log());
-    assert_eq!(env.mails(1).await.len(), 1, "no second email for a skipped file");
+    assert_eq!(
+        env.mails(1).await.len(),
+        1,
+        "no second email for a skipped file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +141,11 @@ async fn deleting_the_marker_runs_the_file_again() {
     env.account.remove(&format!("tmp/{}", markers[0]));
     env.fake.reset_calls();
     let counts = env.run_imported().await;
-    assert_eq!((counts.rows, counts.unchanged), (3, 3), "re-run is harmless: {counts:?}");
+    assert_eq!(
+        (counts.rows, counts.unchanged),
+        (3, 3),
+        "re-run is harmless: {counts:?}"
+    );
     let calls = env.fake.calls(&env.domain);
     assert_eq!(calls.get("SetUser"), 0, "nothing to write: {calls:?}");
     assert!(calls.get("GetUser") >= 3, "{calls:?}");
@@ -112,13 +171,22 @@ async fn a_key_the_platform_refuses_is_a_permanent_error_in_the_log_and_the_outc
     env.upload(&three_users());
     let outcome = env.run().await;
     assert!(
-        matches!(outcome, Err(JobError::Permanent(Permanent::ApiCredentials(403)))),
+        matches!(
+            outcome,
+            Err(JobError::Permanent(Permanent::ApiCredentials(403)))
+        ),
         "{outcome:?}"
     );
     let log = env.log();
-    assert!(log.contains("refused the tenant's credentials") && log.contains("bad-api-credentials"), "{log}");
+    assert!(
+        log.contains("refused the tenant's credentials") && log.contains("bad-api-credentials"),
+        "{log}"
+    );
     assert!(env.markers().is_empty(), "a failed import leaves no marker");
-    assert!(!log.contains(&env.account.password), "the key never reaches the log");
+    assert!(
+        !log.contains(&env.account.password),
+        "the key never reaches the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +194,9 @@ async fn a_wrong_ftps_password_is_a_permanent_error() {
     let env = TenantEnv::new().await;
     harness::ftps().await; // the account exists; now the worker is given another key
     let registry = env.deps.registry();
-    let tenant = registry.get(env.tenant()).unwrap_or_else(|| panic!("tenant"));
+    let tenant = registry
+        .get(env.tenant())
+        .unwrap_or_else(|| panic!("tenant"));
     let wrong = shared::ApiKey::new("not-the-password");
     let err = env
         .deps
@@ -134,7 +204,10 @@ async fn a_wrong_ftps_password_is_a_permanent_error() {
         .connect(&tenant.ftps_host, tenant.ftps_port, env.tenant(), &wrong)
         .await
         .err();
-    assert!(matches!(err, Some(worker::ftps::FtpsError::Credentials)), "{err:?}");
+    assert!(
+        matches!(err, Some(worker::ftps::FtpsError::Credentials)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +222,10 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused() {
     let outcome = env.run().await;
     match outcome {
         Err(JobError::Permanent(Permanent::FtpsCertificate(why))) => {
-            assert!(why.to_lowercase().contains("issuer") || why.contains("certificate"), "{why}")
+            assert!(
+                why.to_lowercase().contains("issuer") || why.contains("certificate"),
+                "{why}"
+            )
         }
         other => panic!("expected a refused certificate, got {other:?}"),
     }
@@ -165,7 +241,9 @@ async fn every_row_ends_right_through_5xx_and_429_storms() {
     .await;
     let mut csv = format!("{HEADER}\n");
     for i in 0..40 {
-        csv.push_str(&format!("user{i:02},First{i},Last{i},u{i}@example.org,Sales,Storm,\n"));
+        csv.push_str(&format!(
+            "user{i:02},First{i},Last{i},u{i}@example.org,Sales,Storm,\n"
+        ));
     }
     // One bad row: it must stay invalid, storms or not.
     csv.push_str("baddie,Bad,Row,not-an-email,Sales,,\n");
@@ -178,12 +256,25 @@ async fn every_row_ends_right_through_5xx_and_429_storms() {
     });
     let counts = env.run_imported().await;
     env.fake.set_faults(Faults::default());
-    assert_eq!((counts.created, counts.invalid, counts.failed, counts.unconfirmed), (40, 1, 0, 0), "{counts:?}");
+    assert_eq!(
+        (
+            counts.created,
+            counts.invalid,
+            counts.failed,
+            counts.unconfirmed
+        ),
+        (40, 1, 0, 0),
+        "{counts:?}"
+    );
     let users = env.fake.users(&env.domain);
     assert_eq!(users.len(), 40);
-    assert!(users.iter().all(|u| u.groups.contains("Storm") && u.profile.get("department").map(String::as_str) == Some("Sales")));
+    assert!(users.iter().all(|u| u.groups.contains("Storm")
+        && u.profile.get("department").map(String::as_str) == Some("Sales")));
     let calls = env.fake.calls(&env.domain);
-    assert!(calls.injected_5xx > 0 && calls.injected_429 > 0, "faults really happened: {calls:?}");
+    assert!(
+        calls.injected_5xx > 0 && calls.injected_429 > 0,
+        "faults really happened: {calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,23 +293,55 @@ async fn invalid_rows_are_reported_by_line_and_the_valid_ones_imported() {
          ,No,Username,x@example.org,HR,,,1\n"
     ));
     let counts = env.run_imported().await;
-    assert_eq!((counts.rows, counts.created, counts.invalid), (9, 2, 7), "{counts:?}");
-    let names: Vec<String> = env.fake.users(&env.domain).into_iter().map(|u| u.username).collect();
+    assert_eq!(
+        (counts.rows, counts.created, counts.invalid),
+        (9, 2, 7),
+        "{counts:?}"
+    );
+    let names: Vec<String> = env
+        .fake
+        .users(&env.domain)
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
     assert_eq!(names, ["ok1", "ok2"]);
 
     let reports = env.reports();
     assert_eq!(reports.len(), 1, "{reports:?}");
     let rows = csv_rows(&env.report(&reports[0]));
     assert_eq!(rows[0], ["line", "username", "action", "result", "message"]);
-    let by_line = |line: &str| rows.iter().find(|r| r[0] == line).unwrap_or_else(|| panic!("no line {line} in {rows:?}")).clone();
+    let by_line = |line: &str| {
+        rows.iter()
+            .find(|r| r[0] == line)
+            .unwrap_or_else(|| panic!("no line {line} in {rows:?}"))
+            .clone()
+    };
     assert_eq!(by_line("2")[3], "created");
-    assert!(by_line("3")[4].contains("Email address"), "{:?}", by_line("3"));
+    assert!(
+        by_line("3")[4].contains("Email address"),
+        "{:?}",
+        by_line("3")
+    );
     assert!(by_line("4")[4].contains("Marketing"), "{:?}", by_line("4"));
-    assert!(by_line("6")[4].contains("more than one row") && by_line("7")[4].contains("more than one row"));
+    assert!(
+        by_line("6")[4].contains("more than one row")
+            && by_line("7")[4].contains("more than one row")
+    );
     assert!(by_line("8")[4].contains("cells"), "{:?}", by_line("8"));
-    assert!(by_line("9")[4].contains("First name"), "a new user needs its mandatory fields: {:?}", by_line("9"));
-    assert!(by_line("10")[4].contains("Username is empty"), "{:?}", by_line("10"));
-    assert!(env.log().contains("Shoe size"), "unknown columns reported once in the log");
+    assert!(
+        by_line("9")[4].contains("First name"),
+        "a new user needs its mandatory fields: {:?}",
+        by_line("9")
+    );
+    assert!(
+        by_line("10")[4].contains("Username is empty"),
+        "{:?}",
+        by_line("10")
+    );
+    assert!(
+        env.log().contains("Shoe size"),
+        "unknown columns reported once in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,10 +363,22 @@ async fn the_email_and_the_report_hold_one_entry_per_record() {
 
     let mails = env.mails(1).await;
     let mail = &mails[0];
-    assert!(mail.subject.contains(env.tenant()) && mail.subject.contains("3 rows"), "{}", mail.subject);
+    assert!(
+        mail.subject.contains(env.tenant()) && mail.subject.contains("3 rows"),
+        "{}",
+        mail.subject
+    );
     assert!(mail.to.iter().any(|t| t == &env.admin_email));
-    assert!(mail.body_text.contains("Created:     1") || mail.body_text.contains("Created:"), "{}", mail.body_text);
-    assert!(mail.body_text.contains("line 4"), "problems listed: {}", mail.body_text);
+    assert!(
+        mail.body_text.contains("Created:     1") || mail.body_text.contains("Created:"),
+        "{}",
+        mail.body_text
+    );
+    assert!(
+        mail.body_text.contains("line 4"),
+        "problems listed: {}",
+        mail.body_text
+    );
     assert_eq!(mail.attachments.len(), 1);
     let (name, bytes) = &mail.attachments[0];
     assert_eq!(name, &reports[0]);
@@ -257,10 +392,16 @@ async fn an_unknown_tenant_is_a_permanent_error() {
     let outcome = worker::process_job(
         &env.deps,
         "nobody-here",
-        worker::JobContext { job_id: uuid::Uuid::new_v4(), trigger: shared::job::Trigger::Manual },
+        worker::JobContext::manual(uuid::Uuid::new_v4()),
     )
     .await;
-    assert!(matches!(outcome, Err(JobError::Permanent(Permanent::UnknownTenant(_)))), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Err(JobError::Permanent(Permanent::UnknownTenant(_)))
+        ),
+        "{outcome:?}"
+    );
     let _ = Retryable::Cancelled; // the retryable side is covered by the fleet tests
 }
 
@@ -285,7 +426,11 @@ async fn worker_once_prints_one_json_line_and_exits_by_outcome() {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "one JSON line on stdout, got {stdout:?}; stderr:\n{stderr}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "one JSON line on stdout, got {stdout:?}; stderr:\n{stderr}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"));
         assert!(

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use platform_fake::{FakeConfig, FakeHandle, TenantSeed};
-use shared::job::Trigger;
 use shared::registry::Registry;
 use shared::registry::secrets::SecretSource;
 use shared::settings::Settings;
@@ -16,7 +15,8 @@ use worker::{Deps, JobContext, JobError, Outcome};
 
 use crate::harness::{self, FtpAccount, ReceivedMail};
 
-pub const HEADER: &str = "Username,First name,Surname,Email address,Department,Groups,Account state";
+pub const HEADER: &str =
+    "Username,First name,Surname,Email address,Department,Groups,Account state";
 
 pub struct TenantEnv {
     pub account: FtpAccount,
@@ -128,7 +128,10 @@ progress_every = 2
         );
         let settings_path = dir.path().join("settings.toml");
         std::fs::write(&settings_path, settings).unwrap_or_else(|e| panic!("{e}"));
-        let env = HashMap::from([(SecretSource::env_var_for(&name(&account.user)), account.password.clone())]);
+        let env = HashMap::from([(
+            SecretSource::env_var_for(&name(&account.user)),
+            account.password.clone(),
+        )]);
         let settings = Settings::load(Some(&settings_path), &env).unwrap_or_else(|e| panic!("{e}"));
         let registry = Registry::load(&registry_path).unwrap_or_else(|e| panic!("{e}"));
         let secrets = SecretSource::new(None, &env);
@@ -156,10 +159,7 @@ progress_every = 2
         worker::process_job(
             &self.deps,
             self.tenant(),
-            JobContext {
-                job_id: uuid::Uuid::new_v4(),
-                trigger: Trigger::Manual,
-            },
+            JobContext::manual(uuid::Uuid::new_v4()),
         )
         .await
     }
@@ -186,8 +186,12 @@ progress_every = 2
     }
 
     pub fn report(&self, name: &str) -> String {
-        String::from_utf8(self.account.read(&format!("reports/{name}")).unwrap_or_default())
-            .unwrap_or_default()
+        String::from_utf8(
+            self.account
+                .read(&format!("reports/{name}"))
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
     }
 
     pub fn markers(&self) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! flags and builds [`pipeline::Deps`]; everything else is here, testable without a process.
 
 pub mod email;
+pub mod fleet;
 pub mod ftps;
 pub mod import;
 pub mod once;

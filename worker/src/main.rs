@@ -30,6 +30,8 @@ enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Consume the region's queue and run jobs until SIGTERM/SIGINT (then drain and exit 0).
+    Run,
     /// Load and check the settings and the tenant registry, then exit.
     CheckConfig,
 }
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             println!("settings and registry ok: {} tenants", registry.len());
             ExitCode::SUCCESS
         }
+        Command::Run => runtime_block_on(run(settings, registry, secrets)),
         Command::Once { tenant } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -84,4 +87,73 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn runtime_block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings, registry: Registry, secrets: SecretSource) -> ExitCode {
+    let health = std::sync::Arc::new(shared::health::Health::default());
+    // The pod name in Kubernetes; unique per process either way.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    let worker_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let fleet =
+        match worker::fleet::FleetDeps::from_settings(&settings, health.clone(), None, worker_id) {
+            Ok(f) => std::sync::Arc::new(f),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+    let listen = settings.http.listen;
+    let deps = match worker::Deps::build(settings, registry, secrets) {
+        Ok(d) => std::sync::Arc::new(d),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    match shared::health::serve(listen, health, None, http_stop.clone()).await {
+        Ok(addr) => tracing::info!(%addr, "health and readiness served"),
+        Err(e) => {
+            eprintln!("error: cannot serve http.listen {listen}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    tokio::spawn(signals(shutdown.clone()));
+    tracing::info!(
+        worker = fleet.worker_id,
+        queue = fleet.topology.queue,
+        "worker starting"
+    );
+    worker::fleet::run(deps, fleet, shutdown).await;
+    http_stop.cancel();
+    tracing::info!("worker stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal) starts the drain.
+async fn signals(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.cancel();
 }

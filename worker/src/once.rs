@@ -2,7 +2,6 @@
 //! operators and local runs. Prints one JSON line; the exit code tells success.
 
 use serde_json::json;
-use shared::job::Trigger;
 use uuid::Uuid;
 
 use crate::outcome::{JobError, Outcome};
@@ -39,15 +38,7 @@ pub fn result_json(
 pub async fn run_once(deps: &Deps, tenant: &str) -> (serde_json::Value, bool) {
     let job_id = Uuid::new_v4();
     let started = std::time::Instant::now();
-    let result = process_job(
-        deps,
-        tenant,
-        JobContext {
-            job_id,
-            trigger: Trigger::Manual,
-        },
-    )
-    .await;
+    let result = process_job(deps, tenant, JobContext::manual(job_id)).await;
     let ok = result.is_ok();
     (
         result_json(tenant, job_id, &result, started.elapsed().as_millis()),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub platform: PlatformSettings,
     pub import: ImportSettings,
     pub http: HttpSettings,
+    pub worker: WorkerSettings,
+    pub scheduler: SchedulerSettings,
     /// Where fetched files are kept while a job runs; the system temp dir when unset.
     pub work_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -65,8 +67,26 @@ pub struct RegistrySettings {
 pub struct AmqpSettings {
     /// May hold a password: kept as a secret.
     pub url: Secret,
+    /// The jobs' exchange; every other name derives from it: queue `<exchange>.<region>`,
+    /// dead-letter exchange `<exchange>.dlx`, dead-letter queue `<exchange>.<region>.dead`, retry
+    /// queues `<exchange>.<region>.retry.<ms>`.
     pub exchange: String,
+    /// Deliveries a worker takes at once; also the number of jobs it runs at once.
     pub prefetch: u16,
+    /// Quorum-queue `x-delivery-limit`: deliveries of one message (crashes, hand-backs) before the
+    /// broker dead-letters it.
+    pub delivery_limit: u32,
+    /// A job that failed in a retryable way waits in a delay queue and comes back: one delay per
+    /// retry, then it is dead-lettered.
+    #[serde(deserialize_with = "durations")]
+    pub retry_delays: Vec<Duration>,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +183,59 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// The region whose queue this worker consumes.
+    pub region: String,
+    /// The tenant lock's time to live; renewed every third of it while the job runs.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// Longest a job may run; keep it below the broker's consumer timeout (1 h in the local
+    /// stack's rabbitmq.conf).
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+    /// On SIGTERM, how long running jobs may take to finish before they are stopped and handed
+    /// back; keep it below Kubernetes' termination grace period.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            region: "eu".into(),
+            lock_ttl: Duration::from_secs(60),
+            job_timeout: Duration::from_secs(50 * 60),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// A tick missed while no scheduler ran is still published if it is at most this old;
+    /// several missed ticks of one tenant make one job.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_window: Duration,
+    /// How often the registry file is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Regions this scheduler publishes for; empty means every region in the registry.
+    pub regions: Vec<String>,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            catch_up_window: Duration::from_secs(6 * 3600),
+            reload_interval: Duration::from_secs(30),
+            regions: Vec::new(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -174,6 +247,8 @@ impl Default for Settings {
             platform: PlatformSettings::default(),
             import: ImportSettings::default(),
             http: HttpSettings::default(),
+            worker: WorkerSettings::default(),
+            scheduler: SchedulerSettings::default(),
             work_dir: None,
             log_format: LogFormat::Text,
         }
@@ -195,6 +270,12 @@ impl Default for AmqpSettings {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             exchange: "user-import".into(),
             prefetch: 4,
+            delivery_limit: 5,
+            retry_delays: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+                Duration::from_secs(600),
+            ],
         }
     }
 }
@@ -316,6 +397,30 @@ impl Settings {
         }
         if self.amqp.prefetch == 0 {
             return Err("amqp.prefetch must be at least 1".into());
+        }
+        if self.amqp.exchange.is_empty()
+            || !self
+                .amqp
+                .exchange
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err("amqp.exchange must be letters, digits, '-', '_' or '.'".into());
+        }
+        if self.amqp.delivery_limit == 0 {
+            return Err("amqp.delivery_limit must be at least 1".into());
+        }
+        if self.amqp.retry_delays.iter().any(|d| d.is_zero()) {
+            return Err("amqp.retry_delays must all be above 0".into());
+        }
+        if crate::Region::parse(&self.worker.region).is_err() {
+            return Err(format!(
+                "worker.region {:?} is not a region name",
+                self.worker.region
+            ));
+        }
+        if self.worker.lock_ttl < Duration::from_secs(1) {
+            return Err("worker.lock_ttl must be at least 1s".into());
         }
         if self
             .smtp

@@ -62,9 +62,14 @@ pub struct RowResult {
     pub message: String,
 }
 
-/// The platform refused our credentials in the middle of the import: the job stops.
+/// Why the whole import stops at this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialsRefused(pub u16);
+pub enum Stop {
+    /// The platform refused our credentials in the middle of the import.
+    Credentials(u16),
+    /// The job was cancelled (lock lost, time up, shutdown): no further write is sent.
+    Cancelled,
+}
 
 /// Everything a row needs besides its input.
 #[derive(Debug)]
@@ -72,9 +77,14 @@ pub struct ApplyContext<'a> {
     pub client: &'a PlatformClient,
     /// Mandatory profile fields a new user must have: (key, label).
     pub mandatory: &'a [(String, String)],
+    /// Checked before every write.
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
-pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, CredentialsRefused> {
+pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, Stop> {
+    if ctx.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
     let mut steps: Vec<&'static str> = Vec::new();
     let line = row.line;
     let shown = row
@@ -89,7 +99,8 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, C
     };
     let (status, message) = match result {
         Ok((status, message)) => (status, message),
-        Err(Failure::Credentials(code)) => return Err(CredentialsRefused(code)),
+        Err(Failure::Credentials(code)) => return Err(Stop::Credentials(code)),
+        Err(Failure::Cancelled) => return Err(Stop::Cancelled),
         Err(Failure::Invalid(m)) => (RowStatus::Invalid, m),
         Err(Failure::Failed(m)) => (RowStatus::Failed, m),
         Err(Failure::Unconfirmed(m)) => (RowStatus::Unconfirmed, m),
@@ -105,6 +116,7 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, C
 
 enum Failure {
     Credentials(u16),
+    Cancelled,
     Invalid(String),
     Failed(String),
     Unconfirmed(String),
@@ -180,6 +192,7 @@ async fn run(
                 StateChange::Deactivate => "deactivate",
             };
             steps.push(action);
+            guard(ctx)?;
             let tid = c
                 .set_user(&json!({"params": {"action": action, "uid": uid}}))
                 .await?;
@@ -190,6 +203,15 @@ async fn run(
         }
     }
     Ok((status, notes.join("; ")))
+}
+
+/// Stops before a write once the job is cancelled.
+fn guard(ctx: &ApplyContext<'_>) -> Result<(), Failure> {
+    if ctx.cancel.is_cancelled() {
+        Err(Failure::Cancelled)
+    } else {
+        Ok(())
+    }
 }
 
 fn is_state(user: &UserRecord, state: &str) -> bool {
@@ -239,6 +261,7 @@ async fn create(
         body["groups"] = Value::Array(row.groups.iter().map(|g| json!({"name": g})).collect());
     }
     steps.push("create");
+    guard(ctx)?;
     match ctx.client.set_user(&body).await {
         Ok(tid) => {
             follow(ctx.client, &tid, username).await?;
@@ -288,6 +311,7 @@ async fn update(
         body["groups"] = Value::Array(add);
     }
     steps.push("update");
+    guard(ctx)?;
     let tid = ctx.client.set_user(&body).await?;
     follow(ctx.client, &tid, uid).await?;
     Ok(RowStatus::Updated)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use shared::registry::ImportOptions;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
@@ -39,6 +40,8 @@ pub enum ImportError {
     Api(ApiError),
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("stopped before the end: the job was cancelled")]
+    Cancelled,
 }
 
 /// What the import did, for the log, the email and the outcome.
@@ -70,6 +73,7 @@ pub async fn run(
     client: &PlatformClient,
     params: &ImportParams,
     progress: &mpsc::UnboundedSender<String>,
+    cancel: &CancellationToken,
 ) -> Result<ImportSummary, ImportError> {
     let fields = client.profile_fields().await.map_err(|e| match e {
         ApiError::Credentials(code) => ImportError::Credentials(code),
@@ -103,6 +107,7 @@ pub async fn run(
     let ctx = ApplyContext {
         client,
         mandatory: &mandatory,
+        cancel,
     };
     let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
     let reader = {
@@ -139,7 +144,10 @@ pub async fn run(
         })
         .buffered(window);
     while let Some(r) = results.next().await {
-        let r = r.map_err(|c| ImportError::Credentials(c.0))?;
+        let r = r.map_err(|stop| match stop {
+            apply::Stop::Credentials(code) => ImportError::Credentials(code),
+            apply::Stop::Cancelled => ImportError::Cancelled,
+        })?;
         counts.rows += 1;
         match r.status {
             RowStatus::Created => counts.created += 1,

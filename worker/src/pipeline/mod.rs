@@ -15,6 +15,7 @@ use shared::job::Trigger;
 use shared::registry::secrets::SecretSource;
 use shared::registry::{Registry, Tenant};
 use shared::settings::Settings;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -68,11 +69,37 @@ impl Deps {
     }
 }
 
-/// Who asked for the job.
+/// Who asked for the job, and the signal to stop it.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub job_id: Uuid,
     pub trigger: Trigger,
+    /// Fires when the job must stop before its next side effect: its tenant lock was lost, it
+    /// ran past its time, or the worker is shutting down. The job then ends as
+    /// `Retryable::Cancelled` and is handed back.
+    pub cancel: CancellationToken,
+    /// The lock's fencing number, when the job runs under a lock; written to the tenant log.
+    pub fence: Option<u64>,
+}
+
+impl JobContext {
+    /// A job started by hand (`worker once`, tests): no lock, never cancelled.
+    pub fn manual(job_id: Uuid) -> Self {
+        Self {
+            job_id,
+            trigger: Trigger::Manual,
+            cancel: CancellationToken::new(),
+            fence: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), JobError> {
+        if self.cancel.is_cancelled() {
+            Err(Retryable::Cancelled.into())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Runs the whole pipeline for `tenant`.
@@ -117,8 +144,13 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
     };
     let (log, log_task) = TenantLog::start(target, Some(log_session), job.job_id);
     log.line(format!(
-        "start: tenant {} acting as {}, trigger {:?}",
-        tenant.name, tenant.admin.username, job.trigger
+        "start: tenant {} acting as {}, trigger {:?}{}",
+        tenant.name,
+        tenant.admin.username,
+        job.trigger,
+        job.fence
+            .map(|f| format!(", lock fence {f}"))
+            .unwrap_or_default()
     ));
     let result = stages(deps, tenant, &key, job, &mut session, &log, started).await;
     match &result {
@@ -163,6 +195,7 @@ async fn stages(
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
 
     // fetch
+    job.check()?;
     let fetched = fetch::fetch(session, max_bytes, &work_dir)
         .instrument(tracing::info_span!("fetch"))
         .await
@@ -191,6 +224,7 @@ async fn stages(
             sha1: fetched.sha1.to_string(),
         });
     }
+    job.check()?;
     log.line("new version of the file: importing");
 
     // import
@@ -230,6 +264,7 @@ async fn stages(
         &client,
         &params,
         &progress,
+        &job.cancel,
     )
     .instrument(tracing::info_span!("import"))
     .await;
@@ -246,6 +281,7 @@ async fn stages(
         }
         ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
         ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
+        ImportError::Cancelled => Retryable::Cancelled.into(),
     })?;
     let stats = client.stats();
     log.line(format!(
@@ -262,6 +298,7 @@ async fn stages(
     let report_span = tracing::info_span!("report");
     let report_path = report::report_path(started, &fetched.sha1);
     let email_sent = async {
+        job.check()?;
         report::upload_results(session, &summary, &report_path)
             .await
             .map_err(ftps_error)?;
@@ -274,6 +311,7 @@ async fn stages(
             report_path: &report_path,
             job_id: &job.job_id.to_string(),
         };
+        job.check()?;
         let email_sent = match report::email(&deps.mailer, &ctx).await {
             Ok(()) => {
                 log.line(format!(
@@ -288,6 +326,7 @@ async fn stages(
                 false
             }
         };
+        job.check()?;
         hash::write_marker(session, &fetched.sha1)
             .await
             .map_err(ftps_error)?;

@@ -1,0 +1,274 @@
+//! The fleet on the real broker and Redis: workers consuming a region's queue, the tenant lock,
+//! dead letters, crashes and shutdowns. Each test has its own exchange (so its own queues) and
+//! Redis key prefix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use platform_fake::Faults;
+use shared::amqp::{HEADER_REASON, header_str};
+use tokio::sync::mpsc;
+
+use crate::fleet_env::{FleetEnv, FleetOptions, collect_until};
+use crate::tenant_env::HEADER;
+
+fn users_csv(tag: &str, n: usize) -> String {
+    let mut csv = format!("{HEADER}\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "{tag}{i:03},First{i},Last{i},{tag}{i}@example.org,Sales,,\n"
+        ));
+    }
+    csv
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+async fn eventually(timeout: Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_never_run_one_tenant_at_the_same_time() {
+    let env = FleetEnv::new(FleetOptions::default()).await;
+    for (i, a) in env.accounts.iter().enumerate() {
+        a.put(
+            "uploads/user-import.csv",
+            users_csv(&format!("t{i}u"), 5).as_bytes(),
+        );
+    }
+    env.fake.set_faults(Faults {
+        latency_ms: 10,
+        ..Faults::default()
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers = vec![
+        env.spawn_worker("w1", tx.clone()),
+        env.spawn_worker("w2", tx.clone()),
+        env.spawn_worker("w3", tx.clone()),
+    ];
+    // 8 jobs per tenant, published at once: without the lock they would overlap.
+    let t0 = Utc::now();
+    let mut published = 0;
+    for round in 0..8 {
+        for i in 0..env.accounts.len() {
+            env.publish_job(env.tenant(i), t0 + chrono::Duration::seconds(round))
+                .await;
+            published += 1;
+        }
+    }
+    let events = collect_until(&mut rx, Duration::from_secs(90), |e| e.len() >= published).await;
+    for w in workers {
+        w.shutdown().await;
+    }
+
+    // Every delivery reached a terminal disposition: nothing lost.
+    let mut by_disposition: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &events {
+        *by_disposition.entry(e.disposition).or_default() += 1;
+    }
+    assert_eq!(events.len(), published, "{by_disposition:?}");
+    assert!(
+        events.iter().all(|e| matches!(
+            e.disposition,
+            "imported" | "already-processed" | "skipped-busy"
+        )),
+        "{by_disposition:?}"
+    );
+    // The ledger: per tenant, no two pipeline runs overlap.
+    type Run<'a> = (chrono::DateTime<Utc>, chrono::DateTime<Utc>, &'a str);
+    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for e in &events {
+        if let (Some(s), Some(t)) = (e.started, e.ended) {
+            runs.entry(e.tenant.as_str())
+                .or_default()
+                .push((s, t, e.worker_id.as_str()));
+        }
+    }
+    assert_eq!(runs.len(), env.accounts.len(), "every tenant ran");
+    let mut workers_seen = std::collections::BTreeSet::new();
+    for (tenant, mut spans) in runs {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "tenant {tenant}: runs overlap: {pair:?}"
+            );
+        }
+        workers_seen.extend(spans.iter().map(|s| s.2));
+    }
+    assert!(
+        workers_seen.len() >= 2,
+        "the jobs were spread over workers: {workers_seen:?}"
+    );
+    assert!(
+        by_disposition.get("skipped-busy").copied().unwrap_or(0) > 0,
+        "contention happened: {by_disposition:?}"
+    );
+    for i in 0..env.accounts.len() {
+        assert_eq!(env.fake.users(&env.domain(i)).len(), 5);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_is_dead_lettered_with_a_reason_and_does_not_hold_up_the_others() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("p", 2).as_bytes());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Poison first, so a worker that choked on it would never reach the good job.
+    env.publish_raw(
+        b"{ this is not json",
+        lapin::BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+    env.publish_job("nobody-at-all", Utc::now()).await;
+    env.publish_job(env.tenant(0), Utc::now()).await;
+    let worker = env.spawn_worker("w1", tx);
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| e.len() >= 3).await;
+    worker.shutdown().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.tenant == env.tenant(0) && e.disposition == "imported"),
+        "{events:#?}"
+    );
+    let dead = env.dead_letters().await;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, p)| header_str(p, HEADER_REASON).unwrap_or_default())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["bad-message", "unknown-tenant"], "{dead:?}");
+    assert!(
+        dead.iter().any(|(body, _)| body == b"{ this is not json"),
+        "the poison body is kept as it was"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_import_loses_no_job() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        concurrency: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("k", 60).as_bytes());
+    env.fake.set_faults(Faults {
+        latency_ms: 40,
+        ..Faults::default()
+    });
+    let domain = env.domain(0);
+    let mut first = env.spawn_worker_process();
+    env.publish_job(env.tenant(0), Utc::now()).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import to be under way",
+        || env.fake.users(&domain).len() >= 5,
+    )
+    .await;
+    first.start_kill().unwrap_or_else(|e| panic!("{e}")); // SIGKILL
+    let _ = first.wait().await;
+    let created_at_kill = env.fake.users(&domain).len();
+    assert!(
+        created_at_kill < 60,
+        "killed mid-import ({created_at_kill} of 60)"
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let second = env.spawn_worker("w2", tx);
+    let events = collect_until(&mut rx, Duration::from_secs(120), |e| {
+        e.iter().any(|e| e.disposition == "imported")
+    })
+    .await;
+    second.shutdown().await;
+    assert_eq!(
+        env.fake.users(&domain).len(),
+        60,
+        "every user created once the job was redelivered"
+    );
+    assert!(
+        !env.accounts[0].list("tmp").is_empty(),
+        "the marker was written"
+    );
+    assert!(
+        events.iter().all(|e| e.disposition != "skipped-busy"),
+        "a redelivered job is never dropped as busy: {events:#?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_a_job_drains_releases_the_lock_and_exits_zero() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        concurrency: 2,
+        drain_timeout: "2s",
+        lock_ttl: "30s",
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("s", 80).as_bytes());
+    env.fake.set_faults(Faults {
+        latency_ms: 40,
+        ..Faults::default()
+    });
+    let domain = env.domain(0);
+    let mut proc = env.spawn_worker_process();
+    env.publish_job(env.tenant(0), Utc::now()).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import to be under way",
+        || env.fake.users(&domain).len() >= 3,
+    )
+    .await;
+    let pid = proc.id().unwrap_or_else(|| panic!("no pid"));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(term.is_ok_and(|s| s.success()));
+    let status = tokio::time::timeout(Duration::from_secs(30), proc.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not exit after SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0), "exit 0 after draining");
+    let mut redis = redis::Client::open(crate::harness::redis_url())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:lock:{}", env.prefix, env.tenant(0)))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lock, None, "the lock was released, not left to expire");
+    assert!(
+        env.fake.users(&domain).len() < 80,
+        "the job was handed back mid-way, not finished"
+    );
+
+    // The handed-back job is not lost: another worker finishes it.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let next = env.spawn_worker("w2", tx);
+    collect_until(&mut rx, Duration::from_secs(120), |e| {
+        e.iter().any(|e| e.disposition == "imported")
+    })
+    .await;
+    next.shutdown().await;
+    assert_eq!(env.fake.users(&domain).len(), 80);
+    env.cleanup().await;
+}

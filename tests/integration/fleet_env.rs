@@ -1,0 +1,360 @@
+//! Several tenants and workers wired to the real servers for fleet tests: one FTPS account per
+//! tenant, one platform fake knowing every tenant, a registry and settings in a temp dir, the
+//! test's own exchange (so its own queues) and Redis key prefix. Workers run in-process
+//! (`worker::fleet::run`) or as `worker run` processes (for SIGKILL/SIGTERM).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+use platform_fake::{FakeConfig, FakeHandle, TenantSeed};
+use shared::amqp::{Topology, confirm_mode, job_properties, publish_confirmed};
+use shared::job::{JobMessage, JobV1, Trigger};
+use shared::registry::Registry;
+use shared::registry::secrets::SecretSource;
+use shared::settings::Settings;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use worker::Deps;
+use worker::fleet::{FleetDeps, JobEvent};
+
+use crate::harness::{self, FtpAccount};
+
+pub struct FleetEnv {
+    pub accounts: Vec<FtpAccount>,
+    pub fake: FakeHandle,
+    pub exchange: String,
+    pub prefix: String,
+    pub amqp_url: String,
+    pub dir: tempfile::TempDir,
+    pub settings_path: PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+pub struct FleetOptions {
+    pub tenants: usize,
+    pub amqp_url: Option<String>,
+    pub lock_ttl: &'static str,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub drain_timeout: &'static str,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            tenants: 3,
+            amqp_url: None,
+            lock_ttl: "3s",
+            prefetch: 2,
+            concurrency: 4,
+            drain_timeout: "5s",
+        }
+    }
+}
+
+/// A running in-process worker.
+pub struct WorkerHandle {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.task).await;
+    }
+}
+
+impl FleetEnv {
+    pub async fn new(opts: FleetOptions) -> Self {
+        let ftps = harness::ftps().await;
+        let smtp = harness::smtp().await;
+        let accounts: Vec<FtpAccount> = (0..opts.tenants).map(|_| ftps.create_account()).collect();
+        let fake = platform_fake::spawn(FakeConfig {
+            tenants: accounts
+                .iter()
+                .map(|a| {
+                    TenantSeed::new(format!("{}.learning-admin.com", a.user), a.password.clone())
+                })
+                .collect(),
+            ..FakeConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the platform fake: {e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut registry = String::new();
+        for a in &accounts {
+            registry.push_str(&format!(
+                r#"
+[[tenant]]
+name = "{user}"
+region = "eu"
+portal_domain = "{user}.learning-admin.com"
+api_base_url = "{base}"
+ftps_host = "{host}"
+ftps_port = {port}
+admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
+"#,
+                user = a.user,
+                base = fake.base_url(),
+                host = ftps.host,
+                port = ftps.port,
+            ));
+        }
+        let registry_path = dir.path().join("tenants.toml");
+        std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
+        let exchange = harness::unique("x");
+        let prefix = harness::unique("p");
+        let amqp_url = opts.amqp_url.clone().unwrap_or_else(harness::amqp_url);
+        let settings = format!(
+            r#"
+work_dir = "{work}"
+[registry]
+file = "{registry}"
+[amqp]
+url = "{amqp_url}"
+exchange = "{exchange}"
+prefetch = {prefetch}
+delivery_limit = 10
+retry_delays = ["1s", "2s", "2s"]
+[redis]
+url = "{redis_url}"
+key_prefix = "{prefix}"
+[worker]
+region = "eu"
+lock_ttl = "{lock_ttl}"
+job_timeout = "120s"
+drain_timeout = "{drain}"
+[http]
+listen = "127.0.0.1:0"
+[ftps]
+ca_file = "{ca}"
+connect_timeout = "5s"
+io_timeout = "20s"
+[smtp]
+host = "{smtp_host}"
+port = {smtp_port}
+tls = "none"
+from = "User import <user-import@fleet.example.com>"
+[platform]
+request_timeout = "5s"
+max_attempts = 12
+backoff_base = "20ms"
+backoff_max = "500ms"
+retry_after_max = "2s"
+status_poll_interval = "20ms"
+status_timeout = "10s"
+[import]
+concurrency = {concurrency}
+progress_every = 10
+"#,
+            work = dir.path().display(),
+            registry = registry_path.display(),
+            redis_url = harness::redis_url(),
+            prefetch = opts.prefetch,
+            lock_ttl = opts.lock_ttl,
+            drain = opts.drain_timeout,
+            ca = ftps.ca_file.display(),
+            smtp_host = smtp.host,
+            smtp_port = smtp.port,
+            concurrency = opts.concurrency,
+        );
+        let settings_path = dir.path().join("settings.toml");
+        std::fs::write(&settings_path, settings).unwrap_or_else(|e| panic!("{e}"));
+        let env: HashMap<String, String> = accounts
+            .iter()
+            .map(|a| {
+                let name = shared::TenantName::parse(&a.user).unwrap_or_else(|e| panic!("{e}"));
+                (SecretSource::env_var_for(&name), a.password.clone())
+            })
+            .collect();
+        Self {
+            accounts,
+            fake,
+            exchange,
+            prefix,
+            amqp_url,
+            dir,
+            settings_path,
+            env,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::load(Some(&self.settings_path), &self.env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn topology(&self) -> Topology {
+        let s = self.settings();
+        Topology::new(
+            &s.amqp.exchange,
+            "eu",
+            s.amqp.delivery_limit,
+            &s.amqp.retry_delays,
+        )
+    }
+
+    pub fn domain(&self, i: usize) -> String {
+        format!("{}.learning-admin.com", self.accounts[i].user)
+    }
+
+    pub fn tenant(&self, i: usize) -> &str {
+        &self.accounts[i].user
+    }
+
+    /// Starts a worker in this process; its events go to `events`.
+    pub fn spawn_worker(
+        &self,
+        name: &str,
+        events: mpsc::UnboundedSender<JobEvent>,
+    ) -> WorkerHandle {
+        let settings = self.settings();
+        let registry = Registry::load(&settings.registry.file).unwrap_or_else(|e| panic!("{e}"));
+        let secrets = SecretSource::new(None, &self.env);
+        let health = Arc::new(shared::health::Health::default());
+        let fleet = FleetDeps::from_settings(&settings, health, Some(events), name.to_owned())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let deps = Deps::build(settings, registry, secrets).unwrap_or_else(|e| panic!("{e:#}"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker::fleet::run(
+            Arc::new(deps),
+            Arc::new(fleet),
+            stop.clone(),
+        ));
+        WorkerHandle { stop, task }
+    }
+
+    /// Starts `worker run` as a process with this env's settings and keys.
+    pub fn spawn_worker_process(&self) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(crate::tenant_env::worker_binary());
+        cmd.arg("--config")
+            .arg(&self.settings_path)
+            .arg("run")
+            .envs(&self.env)
+            .env("RUST_LOG", "info,worker=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(
+                    self.dir
+                        .path()
+                        .join(format!("worker-{}.log", harness::unique("w"))),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ))
+            .kill_on_drop(true);
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start the worker: {e}"))
+    }
+
+    /// A confirmed publish of a job for tenant `i` (or any tenant name) to this env's exchange.
+    pub async fn publish_job(
+        &self,
+        tenant: &str,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+    ) -> JobV1 {
+        let job = JobV1 {
+            job_id: uuid::Uuid::new_v4(),
+            tenant: tenant.to_owned(),
+            region: "eu".into(),
+            scheduled_for,
+            trigger: Trigger::Schedule,
+        };
+        let props = job_properties(&job, 0, None);
+        self.publish_raw(&JobMessage::V1(job.clone()).encode(), props)
+            .await;
+        job
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], props: lapin::BasicProperties) {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("amqp: {e}"));
+        let ch = conn
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.topology()
+            .declare(&ch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        confirm_mode(&ch).await.unwrap_or_else(|e| panic!("{e}"));
+        publish_confirmed(&ch, &self.exchange, "eu", body, props)
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Reads (and acks) every message now in the dead-letter queue.
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("amqp: {e}"));
+        let ch = conn
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        while let Some(msg) = ch
+            .basic_get(
+                self.topology().dead_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            out.push((msg.delivery.data.clone(), msg.delivery.properties.clone()));
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+
+    /// Deletes this env's queues and exchanges.
+    pub async fn cleanup(&self) {
+        let Ok(conn) = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            return;
+        };
+        let t = self.topology();
+        let mut queues = vec![t.queue.clone(), t.dead_queue.clone()];
+        queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
+        for q in queues {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [&t.exchange, &t.dlx] {
+            let _ = ch
+                .exchange_delete(
+                    x.as_str().into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+/// Receives events until `pred` holds for the collected list, or panics after `timeout`.
+pub async fn collect_until(
+    rx: &mut mpsc::UnboundedReceiver<JobEvent>,
+    timeout: Duration,
+    pred: impl Fn(&[JobEvent]) -> bool,
+) -> Vec<JobEvent> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !pred(&got) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("the event channel closed; got {got:#?}"),
+            Err(_) => panic!("timed out waiting for events; got {got:#?}"),
+        }
+    }
+    got
+}
