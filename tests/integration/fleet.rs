@@ -272,3 +272,88 @@ async fn sigterm_during_a_job_drains_releases_the_lock_and_exits_zero() {
     assert_eq!(env.fake.users(&domain).len(), 80);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_tick_from_three_scheduler_replicas_makes_exactly_one_job_and_one_run_per_tenant() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 4,
+        ..FleetOptions::default()
+    })
+    .await;
+    for (i, a) in env.accounts.iter().enumerate() {
+        a.put(
+            "uploads/user-import.csv",
+            users_csv(&format!("r{i}u"), 3).as_bytes(),
+        );
+    }
+    let settings = env.settings();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let registry = shared::registry::Registry::load(&settings.registry.file)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = scheduler::Scheduler::from_settings(
+            &settings,
+            registry,
+            std::sync::Arc::new(shared::health::Health::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        s.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        replicas.push(s);
+    }
+    // The tenants' default schedule ticks at midnight UTC; all replicas poll just after one.
+    let tick = chrono::DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let now = tick + chrono::Duration::seconds(20);
+    let reports = futures::future::join_all(replicas.iter().map(|r| r.poll_at(now))).await;
+    let published: usize = reports
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|r| r.published.len())
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .sum();
+    assert_eq!(
+        published,
+        env.accounts.len(),
+        "one publish per tenant across the replicas"
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers = vec![
+        env.spawn_worker("w1", tx.clone()),
+        env.spawn_worker("w2", tx),
+    ];
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        e.len() >= env.accounts.len()
+    })
+    .await;
+    // Nothing more arrives: no duplicate job was queued.
+    let late = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    for r in &replicas {
+        r.close().await;
+    }
+    assert!(late.is_err(), "an extra job ran: {late:?}");
+    let mut tenants: Vec<&str> = events.iter().map(|e| e.tenant.as_str()).collect();
+    tenants.sort();
+    let mut expected: Vec<&str> = (0..env.accounts.len()).map(|i| env.tenant(i)).collect();
+    expected.sort();
+    assert_eq!(tenants, expected, "one pipeline run per tenant");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.disposition == "imported" && e.started.is_some()),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.message_id.ends_with("2026-11-25T00:00:00+00:00")),
+        "{events:#?}"
+    );
+    env.cleanup().await;
+}
