@@ -357,3 +357,95 @@ async fn one_tick_from_three_scheduler_replicas_makes_exactly_one_job_and_one_ru
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_broker_restart_mid_run_the_scheduler_and_workers_recover_and_the_jobs_finish() {
+    let broker = crate::harness::private_broker().await;
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 3,
+        amqp_url: Some(broker.amqp_url()),
+        // Every 2 seconds, so the scheduler has ticks to publish before and after the restart.
+        schedule: Some("*/2 * * * * *"),
+        ..FleetOptions::default()
+    })
+    .await;
+    for (i, a) in env.accounts.iter().enumerate() {
+        a.put(
+            "uploads/user-import.csv",
+            users_csv(&format!("b{i}u"), 40).as_bytes(),
+        );
+    }
+    env.fake.set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let settings = env.settings();
+    let registry =
+        shared::registry::Registry::load(&settings.registry.file).unwrap_or_else(|e| panic!("{e}"));
+    let sched = std::sync::Arc::new(
+        scheduler::Scheduler::from_settings(
+            &settings,
+            registry,
+            std::sync::Arc::new(shared::health::Health::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let stop_sched = tokio_util::sync::CancellationToken::new();
+    let sched_task = {
+        let (sched, stop) = (sched.clone(), stop_sched.clone());
+        tokio::spawn(async move {
+            let reload = tokio::sync::Notify::new();
+            scheduler::run(&sched, &reload, stop).await
+        })
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers = vec![
+        env.spawn_worker("w1", tx.clone()),
+        env.spawn_worker("w2", tx),
+    ];
+
+    eventually(Duration::from_secs(60), "imports under way", || {
+        (0..3).any(|i| !env.fake.users(&env.domain(i)).is_empty())
+    })
+    .await;
+    broker.restart().await;
+    let restarted = Utc::now();
+
+    // Recovery: every tenant's file is fully imported, and jobs published after the restart
+    // (by the reconnected scheduler) were consumed (by the reconnected workers).
+    let events = collect_until(&mut rx, Duration::from_secs(120), |events| {
+        (0..3).all(|i| {
+            events.iter().any(|e| {
+                e.tenant == env.tenant(i)
+                    && e.started.is_some_and(|s| s > restarted)
+                    && matches!(e.disposition, "imported" | "already-processed")
+            })
+        })
+    })
+    .await;
+    stop_sched.cancel();
+    let sched_result = tokio::time::timeout(Duration::from_secs(20), sched_task).await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    sched.close().await;
+    assert!(
+        matches!(sched_result, Ok(Ok(Ok(())))),
+        "the scheduler loop ended cleanly: {sched_result:?}"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            env.fake.users(&env.domain(i)).len(),
+            40,
+            "tenant {i} fully imported"
+        );
+        assert!(
+            !env.accounts[i].list("tmp").is_empty(),
+            "tenant {i} has its marker"
+        );
+    }
+    assert!(
+        events.iter().all(|e| e.disposition != "dead-lettered"),
+        "nothing was dead-lettered by the restart: {events:#?}"
+    );
+}

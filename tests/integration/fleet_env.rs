@@ -41,6 +41,8 @@ pub struct FleetOptions {
     pub prefetch: u16,
     pub concurrency: usize,
     pub drain_timeout: &'static str,
+    /// The tenants' cron schedule (the registry default when `None`).
+    pub schedule: Option<&'static str>,
 }
 
 impl Default for FleetOptions {
@@ -52,6 +54,7 @@ impl Default for FleetOptions {
             prefetch: 2,
             concurrency: 4,
             drain_timeout: "5s",
+            schedule: None,
         }
     }
 }
@@ -98,7 +101,12 @@ api_base_url = "{base}"
 ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
+{schedule}
 "#,
+                schedule = opts
+                    .schedule
+                    .map(|s| format!("schedule = \"{s}\""))
+                    .unwrap_or_default(),
                 user = a.user,
                 base = fake.base_url(),
                 host = ftps.host,

@@ -11,12 +11,16 @@
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
 //!   as processes.
+//! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
+//! - `broker_restart_support`: a private RabbitMQ node really restarts, and messages survive.
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
 
+mod broker_restart_support;
 mod fake_api;
 mod fleet;
 mod fleet_env;
 mod harness;
 mod pipeline;
+mod scheduler;
 mod services;
 mod tenant_env;

@@ -3,7 +3,8 @@
 //! Tests run as threads of one process and may run in parallel; other test processes may run on
 //! the same machine at the same time. So:
 //! - RabbitMQ and Redis are the machine's (`amqp_url`, `redis_url`); each test isolates itself
-//!   with names from `unique` (queues, exchanges, key prefixes).
+//!   with names from `unique` (queues, exchanges, key prefixes). A test that restarts the broker
+//!   gets a private RabbitMQ node of its own (`private_broker`).
 //! - vsftpd (`ftps`) and the SMTP sink (`smtp`) are started once per test process, lazily, on
 //!   free ports, with their own certificates and temporary directories, and are stopped when the
 //!   process ends, however it ends (see `process`). Each test gets its own FTP account
@@ -11,7 +12,8 @@
 //! - A missing server binary fails the test with a clear message; nothing is skipped.
 //!
 //! Files: `process` (children, ports, readiness), `certs` (test CA and TLS client config),
-//! `ftps` (vsftpd and accounts), `smtp` (the mail sink and received mail).
+//! `ftps` (vsftpd and accounts), `smtp` (the mail sink and received mail), `rabbitmq` (private
+//! broker nodes).
 //!
 //! Leftovers of a test process that was killed (its temporary directory, its FTP users) are
 //! removed by the next test process that starts a server.
@@ -21,6 +23,7 @@
 mod certs;
 mod ftps;
 mod process;
+mod rabbitmq;
 mod smtp;
 
 use std::collections::HashSet;
@@ -32,6 +35,8 @@ use std::sync::{Mutex, OnceLock};
 pub use certs::{TestCerts, client_config};
 #[allow(unused_imports)]
 pub use ftps::{FtpAccount, FtpsServer, ftps};
+#[allow(unused_imports)]
+pub use rabbitmq::{PrivateBroker, private_broker};
 #[allow(unused_imports)]
 pub use smtp::{ReceivedMail, SmtpSink, smtp};
 
