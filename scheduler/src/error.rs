@@ -50,6 +50,23 @@ impl SchedulerError {
             Self::Config(_) | Self::Registry(_) | Self::UnknownTenant(_) | Self::Cancelled => false,
         }
     }
+
+    /// A short machine-readable kind, for `error.type` on spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Registry(_) => "registry",
+            Self::UnknownTenant(_) => "unknown-tenant",
+            Self::Broker(_) => "broker",
+            Self::Redis(_) => "redis",
+            Self::Ledger { .. } => "ledger",
+            Self::Publish(PublishError::Returned(_)) => "publish-returned",
+            Self::Publish(PublishError::Nacked) => "publish-nacked",
+            Self::Publish(_) => "publish",
+            Self::PublishTimeout(_) => "publish-timeout",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// `text` with every copy of the connection URL, and of the password inside it, replaced by

@@ -47,6 +47,11 @@
 //! a failure. On a broker error the connection is dropped and the loop reconnects with backoff.
 //! `Health::broker` and `Health::redis` follow the connections.
 //!
+//! # Traces
+//! A poll is a span (a trace of its own); each tenant's tick is the root span of its job's trace,
+//! linked to the poll; the publish is a producer span under it whose context travels in the
+//! message's `traceparent` header, so the worker continues the same trace (docs/observability.md).
+//!
 //! # Modules
 //! [`ticks`] (pure tick logic), [`ledger`] (Redis claim and commit), [`publisher`] (AMQP),
 //! [`scheduler`] (poll, once, trigger, registry reload), [`run`](mod@run) (the loop),

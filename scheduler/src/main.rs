@@ -57,7 +57,31 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter's gRPC channel is spawned on the runtime.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match shared::telemetry::init("user-import-scheduler", settings.log_format, &env) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let code = command(cli.command.unwrap_or(Command::Run), settings, &runtime);
+    // Flushes the spans still buffered (a `once` round ends long before the next batch).
+    telemetry.shutdown();
+    code
+}
+
+fn command(command: Command, settings: Settings, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let registry = match Registry::load(&settings.registry.file) {
         Ok(r) => r,
         Err(e) => {
@@ -72,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::CheckConfig => {
             let scheduled = registry
                 .tenants()
@@ -88,29 +112,20 @@ fn main() -> ExitCode {
             print_next(&scheduler::next_ticks(&registry, &options, Utc::now()));
             ExitCode::SUCCESS
         }
-        command => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(async_main(command, settings, registry)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    let permanent = e
-                        .downcast_ref::<SchedulerError>()
-                        .is_some_and(|e| !e.is_retryable());
-                    if permanent {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::FAILURE
-                    }
+        command => match runtime.block_on(async_main(command, settings, registry)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                let permanent = e
+                    .downcast_ref::<SchedulerError>()
+                    .is_some_and(|e| !e.is_retryable());
+                if permanent {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
                 }
             }
-        }
+        },
     }
 }
 

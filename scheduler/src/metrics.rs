@@ -1,68 +1,77 @@
-//! Counters of the scheduler, rendered in the Prometheus text format on `/metrics`.
+//! Counters of the scheduler, rendered in the OpenMetrics text format on `/metrics`
+//! (`prometheus-client`; a counter registered as `x` is exposed as `x_total`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    pub polls: AtomicU64,
-    pub published: AtomicU64,
-    pub busy: AtomicU64,
-    pub failed: AtomicU64,
-    pub manual: AtomicU64,
-    pub registry_reloads: AtomicU64,
-    pub registry_reload_failures: AtomicU64,
+    registry: Registry,
+    pub polls: Counter,
+    pub published: Counter,
+    pub busy: Counter,
+    pub failed: Counter,
+    pub manual: Counter,
+    pub registry_reloads: Counter,
+    pub registry_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let polls = counter("scheduler_polls", "Polls of the tenants' schedules");
+        let published = counter(
+            "scheduler_ticks_published",
+            "Scheduled jobs published (one per tenant per tick)",
+        );
+        let busy = counter(
+            "scheduler_ticks_busy",
+            "Ticks skipped because another replica held the claim",
+        );
+        let failed = counter(
+            "scheduler_tick_failures",
+            "Ticks whose publish failed (retried with backoff)",
+        );
+        let manual = counter(
+            "scheduler_manual_jobs",
+            "Manual jobs published by `trigger`",
+        );
+        let registry_reloads = counter(
+            "scheduler_registry_reloads",
+            "Tenant registry reloads that succeeded",
+        );
+        let registry_reload_failures = counter(
+            "scheduler_registry_reload_failures",
+            "Tenant registry reloads that failed (the previous registry was kept)",
+        );
+        Self {
+            registry,
+            polls,
+            published,
+            busy,
+            failed,
+            manual,
+            registry_reloads,
+            registry_reload_failures,
+        }
+    }
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+    pub fn add(counter: &Counter, n: usize) {
+        counter.inc_by(n as u64);
     }
 
     pub fn render(&self) -> String {
-        let rows = [
-            (
-                "scheduler_polls_total",
-                "Polls of the tenants' schedules.",
-                &self.polls,
-            ),
-            (
-                "scheduler_ticks_published_total",
-                "Scheduled jobs published (one per tenant per tick).",
-                &self.published,
-            ),
-            (
-                "scheduler_ticks_busy_total",
-                "Ticks skipped because another replica held the claim.",
-                &self.busy,
-            ),
-            (
-                "scheduler_tick_failures_total",
-                "Ticks whose publish failed (retried with backoff).",
-                &self.failed,
-            ),
-            (
-                "scheduler_manual_jobs_total",
-                "Manual jobs published by `trigger`.",
-                &self.manual,
-            ),
-            (
-                "scheduler_registry_reloads_total",
-                "Tenant registry reloads that succeeded.",
-                &self.registry_reloads,
-            ),
-            (
-                "scheduler_registry_reload_failures_total",
-                "Tenant registry reloads that failed (the previous registry was kept).",
-                &self.registry_reload_failures,
-            ),
-        ];
         let mut out = String::new();
-        for (name, help, value) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                value.load(Ordering::Relaxed)
-            ));
-        }
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -72,10 +81,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_render_as_prometheus_text() {
+    fn counters_render_as_openmetrics_text() {
         let m = Metrics::default();
         Metrics::add(&m.published, 3);
         let text = m.render();
-        assert!(text.contains("# TYPE scheduler_ticks_published_total counter\nscheduler_ticks_published_total 3\n"), "{text}");
+        assert!(
+            text.contains(
+                "# TYPE scheduler_ticks_published counter\nscheduler_ticks_published_total 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("scheduler_registry_reloads_total 0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -18,7 +18,9 @@ use shared::amqp::{self, PublishError, Topology};
 use shared::health::Health;
 use shared::job::{JobMessage, JobV1};
 use shared::secret::Secret;
+use shared::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::error::{SchedulerError, redact_url};
@@ -226,8 +228,46 @@ impl Publisher {
     }
 
     /// Publishes one job (persistent, `message_id` = `<tenant>:<scheduled_for>`) and waits for the
-    /// broker's confirm, at most `publish_timeout`.
+    /// broker's confirm, at most `publish_timeout`. Traced as a producer span (`publish
+    /// <exchange>`, the OpenTelemetry messaging conventions for RabbitMQ) whose context travels in
+    /// the message's `traceparent` header.
     pub async fn publish(&self, job: &JobV1) -> Result<(), SchedulerError> {
+        let body = JobMessage::V1(job.clone()).encode();
+        let name = format!("publish {}", self.config.exchange);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = name.as_str(),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = self.config.exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = job.region.as_str(),
+            messaging.message.id = job.message_id().as_str(),
+            messaging.message.body.size = body.len(),
+            tenant = job.tenant.as_str(),
+            job_id = %job.job_id,
+        );
+        let traceparent = telemetry::propagation::traceparent(&span);
+        let result = self
+            .publish_message(job, &body, traceparent.as_deref())
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            telemetry::record_error(&span, e.kind(), &e.to_string());
+        }
+        result
+    }
+
+    async fn publish_message(
+        &self,
+        job: &JobV1,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), SchedulerError> {
         let (channel, generation) = {
             let live = self.live.lock().await;
             match live.as_ref() {
@@ -235,11 +275,10 @@ impl Publisher {
                 None => return Err(SchedulerError::Broker("not connected".into())),
             }
         };
-        let body = JobMessage::V1(job.clone()).encode();
-        let props = amqp::job_properties(job, 0, None);
+        let props = amqp::job_properties(job, 0, traceparent);
         let result = tokio::time::timeout(
             self.config.publish_timeout,
-            amqp::publish_confirmed(&channel, &self.config.exchange, &job.region, &body, props),
+            amqp::publish_confirmed(&channel, &self.config.exchange, &job.region, body, props),
         )
         .await;
         match result {

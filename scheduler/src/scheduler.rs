@@ -15,6 +15,7 @@ use shared::job::{JobV1, Trigger};
 use shared::registry::{Registry, RegistryError, Tenant};
 use shared::secret::Secret;
 use shared::settings::Settings;
+use shared::telemetry;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -165,6 +166,13 @@ impl Scheduler {
     /// ledger. Per-tenant failures are in the report (their claims released, retried by the
     /// next poll); an error means nothing could be tried (Redis or the broker unreachable).
     pub async fn poll_at(&self, now: DateTime<Utc>) -> Result<PollReport, SchedulerError> {
+        let span = poll_span("schedule");
+        let result = self.poll(now).instrument(span.clone()).await;
+        record_poll(&span, &result);
+        result
+    }
+
+    async fn poll(&self, now: DateTime<Utc>) -> Result<PollReport, SchedulerError> {
         Metrics::add(&self.metrics.polls, 1);
         let registry = self.registry();
         let window = self.options.catch_up_window;
@@ -198,6 +206,13 @@ impl Scheduler {
     /// tick = `now` to the second, deduplicated like scheduled ticks (two rounds in the same
     /// second publish once).
     pub async fn once_at(&self, now: DateTime<Utc>) -> Result<PollReport, SchedulerError> {
+        let span = poll_span("once");
+        let result = self.once(now).instrument(span.clone()).await;
+        record_poll(&span, &result);
+        result
+    }
+
+    async fn once(&self, now: DateTime<Utc>) -> Result<PollReport, SchedulerError> {
         let tick = ticks::round_tick(now);
         let registry = self.registry();
         let tenants = self.scheduled_tenants(&registry);
@@ -230,12 +245,18 @@ impl Scheduler {
             // One bounded attempt; publishing itself never connects.
             self.publisher.connect().await?;
         }
+        let poll = tracing::Span::current();
         let outcomes: Vec<_> = futures::stream::iter(due)
-            .map(|(tenant, tick)| async move {
-                let span =
-                    tracing::info_span!("tick", tenant = %tenant.name, tick = %tick.to_rfc3339());
-                let outcome = self.publish_tick(&tenant, tick).instrument(span).await;
-                (tenant.name, tick, outcome)
+            .map(|(tenant, tick)| {
+                let span = tick_span(&tenant, tick, &poll);
+                async move {
+                    let outcome = self
+                        .publish_tick(&tenant, tick)
+                        .instrument(span.clone())
+                        .await;
+                    record_tick(&span, &outcome);
+                    (tenant.name, tick, outcome)
+                }
             })
             .buffer_unordered(self.options.publish_concurrency)
             .collect()
@@ -420,6 +441,75 @@ impl Scheduler {
         match self.registry_mtime.lock() {
             Ok(mut m) => *m = mtime,
             Err(poisoned) => *poisoned.into_inner() = mtime,
+        }
+    }
+}
+
+/// The span of one poll (or `once` round): a trace of its own, with what it did.
+fn poll_span(mode: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "poll",
+        mode,
+        published = tracing::field::Empty,
+        busy = tracing::field::Empty,
+        already_published = tracing::field::Empty,
+        failed = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+fn record_poll(span: &tracing::Span, result: &Result<PollReport, SchedulerError>) {
+    match result {
+        Ok(r) => {
+            span.record("published", r.published.len());
+            span.record("busy", r.busy.len());
+            span.record("already_published", r.already_published.len());
+            span.record("failed", r.failed.len());
+        }
+        Err(e) => telemetry::record_error(span, e.kind(), &e.to_string()),
+    }
+}
+
+/// The span of one tenant's tick: the root of the job's trace (one trace per job, continued by
+/// the worker through the message's `traceparent`), linked to the poll that found it due.
+fn tick_span(tenant: &Tenant, tick: DateTime<Utc>, poll: &tracing::Span) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "tick",
+        tenant = %tenant.name,
+        region = %tenant.region,
+        tick = %tick.to_rfc3339(),
+        outcome = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    span.follows_from(poll);
+    if let Some(id) = telemetry::propagation::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+fn record_tick(span: &tracing::Span, outcome: &Result<TickOutcome, SchedulerError>) {
+    match outcome {
+        Ok(TickOutcome::Published(job)) => {
+            span.record("outcome", "published");
+            span.record("job_id", job.job_id.to_string());
+        }
+        Ok(TickOutcome::Busy) => {
+            span.record("outcome", "busy");
+        }
+        Ok(TickOutcome::AlreadyPublished) => {
+            span.record("outcome", "already-published");
+        }
+        Err(e) => {
+            span.record("outcome", "failed");
+            telemetry::record_error(span, e.kind(), &e.to_string());
         }
     }
 }

@@ -48,8 +48,11 @@ impl Health {
     }
 }
 
-/// A text body for `/metrics` (Prometheus exposition format), produced on each scrape.
+/// A text body for `/metrics` (OpenMetrics text, as `prometheus-client` encodes it), produced on
+/// each scrape.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds `listen` and serves until `shutdown`; returns the bound address (port 0 allowed).
 pub async fn serve(
@@ -80,7 +83,7 @@ pub async fn serve(
             "/metrics",
             get(move || {
                 let m = m.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m()) }
+                async move { ([("content-type", OPENMETRICS_CONTENT_TYPE)], m()) }
             }),
         );
     }

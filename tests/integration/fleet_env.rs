@@ -43,6 +43,10 @@ pub struct FleetOptions {
     pub drain_timeout: &'static str,
     /// The tenants' cron schedule (the registry default when `None`).
     pub schedule: Option<&'static str>,
+    /// Every tenant's FTPS password and API key (random when `None`).
+    pub password: Option<String>,
+    /// Tenants (by index) written with `enabled = false`.
+    pub disabled: Vec<usize>,
 }
 
 impl Default for FleetOptions {
@@ -55,6 +59,8 @@ impl Default for FleetOptions {
             concurrency: 4,
             drain_timeout: "5s",
             schedule: None,
+            password: None,
+            disabled: Vec::new(),
         }
     }
 }
@@ -76,7 +82,9 @@ impl FleetEnv {
     pub async fn new(opts: FleetOptions) -> Self {
         let ftps = harness::ftps().await;
         let smtp = harness::smtp().await;
-        let accounts: Vec<FtpAccount> = (0..opts.tenants).map(|_| ftps.create_account()).collect();
+        let accounts: Vec<FtpAccount> = (0..opts.tenants)
+            .map(|_| ftps.create_account_with("t", opts.password.as_deref()))
+            .collect();
         let fake = platform_fake::spawn(FakeConfig {
             tenants: accounts
                 .iter()
@@ -90,7 +98,8 @@ impl FleetEnv {
         .unwrap_or_else(|e| panic!("cannot start the platform fake: {e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut registry = String::new();
-        for a in &accounts {
+        for (i, a) in accounts.iter().enumerate() {
+            let enabled = !opts.disabled.contains(&i);
             registry.push_str(&format!(
                 r#"
 [[tenant]]
@@ -101,6 +110,7 @@ api_base_url = "{base}"
 ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
+enabled = {enabled}
 {schedule}
 "#,
                 schedule = opts
@@ -238,24 +248,46 @@ progress_every = 10
 
     /// Starts `worker run` as a process with this env's settings and keys.
     pub fn spawn_worker_process(&self) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new(crate::tenant_env::worker_binary());
-        cmd.arg("--config")
-            .arg(&self.settings_path)
-            .arg("run")
-            .envs(&self.env)
-            .env("RUST_LOG", "info,worker=debug")
-            .stdout(std::process::Stdio::null())
+        let log = self
+            .dir
+            .path()
+            .join(format!("worker-{}.log", harness::unique("w")));
+        self.spawn_worker_process_with(&[("RUST_LOG", "info,worker=debug")], &log)
+    }
+
+    /// Starts `worker run` with extra environment variables, its stderr (the logs) to `log`.
+    pub fn spawn_worker_process_with(
+        &self,
+        vars: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> tokio::process::Child {
+        let mut cmd = self.command(crate::tenant_env::worker_binary(), &["run"], vars);
+        cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::from(
-                std::fs::File::create(
-                    self.dir
-                        .path()
-                        .join(format!("worker-{}.log", harness::unique("w"))),
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}")),
             ))
             .kill_on_drop(true);
         cmd.spawn()
             .unwrap_or_else(|e| panic!("cannot start the worker: {e}"))
+    }
+
+    /// A command for one of the binaries with this env's settings and keys (no `OTEL_*` or
+    /// `RUST_LOG` from the test process: only `vars`).
+    pub fn command(
+        &self,
+        program: PathBuf,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg("--config").arg(&self.settings_path).args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OTEL_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(&self.env).envs(vars.iter().copied());
+        cmd
     }
 
     /// A confirmed publish of a job for tenant `i` (or any tenant name) to this env's exchange.

@@ -7,20 +7,29 @@
 //! - `services`: proves each external service is real (AMQP confirm/ack, Redis SET NX PX, FTPS with
 //!   verified certificates, SMTP delivery read back).
 //! - `fake_api`: the platform fake behaves as the public API reference says.
+//! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
 //! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
 //!   as processes.
 //! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
 //! - `broker_restart_support`: a private RabbitMQ node really restarts, and messages survive.
+//! - `security`: PASV address ignored, TLS session reuse, tenant isolation, disabled tenants,
+//!   no header injection from the file.
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
+//! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
+//!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
+//!   secret in anything they emit, even at `trace`.
 
 mod broker_restart_support;
+mod corpus;
 mod fake_api;
 mod fleet;
 mod fleet_env;
 mod harness;
+mod observability;
 mod pipeline;
 mod scheduler;
+mod security;
 mod services;
 mod tenant_env;

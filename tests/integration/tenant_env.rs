@@ -237,22 +237,30 @@ fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
 /// for another package's tests).
 pub fn worker_binary() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "worker", "--bin", "worker"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-        assert!(status.success(), "building the worker binary failed");
-        // target/debug/deps/integration-… → target/debug/worker
-        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("worker"))
-            .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
-        assert!(bin.exists(), "no worker binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("worker")).clone()
+}
+
+/// The `scheduler` binary, built once per test process.
+pub fn scheduler_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("scheduler")).clone()
+}
+
+/// Builds the binary `name` of the package `name` and returns its path.
+fn workspace_binary(name: &str) -> PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    assert!(status.success(), "building the {name} binary failed");
+    // target/debug/deps/integration-… → target/debug/<name>
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(name))
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
+    assert!(bin.exists(), "no {name} binary at {}", bin.display());
+    bin
 }

@@ -6,6 +6,7 @@ pub mod email;
 pub mod fleet;
 pub mod ftps;
 pub mod import;
+pub mod metrics;
 pub mod once;
 pub mod outcome;
 pub mod pipeline;

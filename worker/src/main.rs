@@ -46,7 +46,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter's gRPC channel is spawned on the runtime.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match shared::telemetry::init("user-import-worker", settings.log_format, &env) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let code = command(cli.command, settings, &env, &runtime);
+    // Flushes the spans still buffered (the last jobs, the drain).
+    telemetry.shutdown();
+    code
+}
+
+fn command(
+    command: Command,
+    settings: Settings,
+    env: &HashMap<String, String>,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
     let registry = match Registry::load(&settings.registry.file) {
         Ok(r) => r,
         Err(e) => {
@@ -54,48 +83,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let secrets = SecretSource::new(settings.registry.secrets_dir.clone(), &env);
-    match cli.command {
+    let secrets = SecretSource::new(settings.registry.secrets_dir.clone(), env);
+    match command {
         Command::CheckConfig => {
             println!("settings and registry ok: {} tenants", registry.len());
             ExitCode::SUCCESS
         }
-        Command::Run => runtime_block_on(run(settings, registry, secrets)),
-        Command::Once { tenant } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
+        Command::Run => runtime.block_on(run(settings, registry, secrets)),
+        Command::Once { tenant } => runtime.block_on(async move {
+            let deps = match worker::Deps::build(settings, registry, secrets) {
+                Ok(d) => d,
                 Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
                 }
             };
-            runtime.block_on(async move {
-                let deps = match worker::Deps::build(settings, registry, secrets) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::from(2);
-                    }
-                };
-                let (line, ok) = worker::once::run_once(&deps, &tenant).await;
-                println!("{line}");
-                if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            })
-        }
-    }
-}
-
-fn runtime_block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(fut),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
+            let (line, ok) = worker::once::run_once(&deps, &tenant).await;
+            println!("{line}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
     }
 }
 
@@ -122,8 +132,10 @@ async fn run(settings: Settings, registry: Registry, secrets: SecretSource) -> E
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http_stop = tokio_util::sync::CancellationToken::new();
-    match shared::health::serve(listen, health, None, http_stop.clone()).await {
-        Ok(addr) => tracing::info!(%addr, "health and readiness served"),
+    let metrics = deps.metrics.clone();
+    let metrics_fn: shared::health::MetricsFn = std::sync::Arc::new(move || metrics.render());
+    match shared::health::serve(listen, health, Some(metrics_fn), http_stop.clone()).await {
+        Ok(addr) => tracing::info!(%addr, "health, readiness and metrics served"),
         Err(e) => {
             eprintln!("error: cannot serve http.listen {listen}: {e}");
             return ExitCode::from(2);

@@ -100,6 +100,11 @@ fn start() -> FtpsServer {
     panic!("harness: vsftpd failed to start three times; last failure: {last_error}");
 }
 
+/// The address vsftpd names in its PASV answers. Not the one it listens on: a client that
+/// obeys it cannot connect (nothing listens on 127.0.0.2), so every FTPS test also proves the
+/// worker ignores the address the server names and connects to the control connection's peer.
+pub const PASV_ADDRESS: &str = "127.0.0.2";
+
 /// vsftpd exits with status 2 and no message on an unknown or malformed line: keep to the
 /// options of the verified recipe.
 fn vsftpd_conf(port: u16, pasv: (u16, u16), certs: &TestCerts, log_file: &Path) -> String {
@@ -119,7 +124,7 @@ fn vsftpd_conf(port: u16, pasv: (u16, u16), certs: &TestCerts, log_file: &Path) 
          pasv_enable=YES\n\
          pasv_min_port={}\n\
          pasv_max_port={}\n\
-         pasv_address=127.0.0.1\n\
+         pasv_address={PASV_ADDRESS}\n\
          ssl_enable=YES\n\
          rsa_cert_file={}\n\
          rsa_private_key_file={}\n\
@@ -187,6 +192,12 @@ impl FtpsServer {
 
     /// Same as `create_account`, with the user name starting with `prefix` (see `unique`).
     pub fn create_account_with_prefix(&self, prefix: &str) -> FtpAccount {
+        self.create_account_with(prefix, None)
+    }
+
+    /// Same as `create_account_with_prefix`, with the given password (random when `None`); the
+    /// secret-scanning tests use a recognisable one. No `:` or line break in it (chpasswd).
+    pub fn create_account_with(&self, prefix: &str, password: Option<&str>) -> FtpAccount {
         let _guard = PASSWD.lock().unwrap_or_else(|p| p.into_inner());
         let gecos = format!("{GECOS_TAG}{}", std::process::id());
         for _ in 0..5 {
@@ -217,7 +228,9 @@ impl FtpsServer {
                 "harness: useradd {user} failed: {}",
                 out.stderr
             );
-            let password = format!("{:032x}", rand::random::<u128>());
+            let password = password
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
             let out = run_passwd_tool("chpasswd", &[], Some(&format!("{user}:{password}\n")));
             assert!(
                 out.success(),

@@ -34,7 +34,7 @@ use std::sync::{Mutex, OnceLock};
 #[allow(unused_imports)]
 pub use certs::{TestCerts, client_config};
 #[allow(unused_imports)]
-pub use ftps::{FtpAccount, FtpsServer, ftps};
+pub use ftps::{FtpAccount, FtpsServer, PASV_ADDRESS, ftps};
 #[allow(unused_imports)]
 pub use rabbitmq::{PrivateBroker, private_broker};
 #[allow(unused_imports)]

@@ -8,6 +8,7 @@
 pub mod disposition;
 pub mod events;
 pub mod lock;
+pub mod span;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,7 @@ pub async fn run(deps: Arc<Deps>, fleet: Arc<FleetDeps>, shutdown: CancellationT
             Ok(()) => break,
             Err(e) => {
                 fleet.health.set_broker(false);
+                deps.metrics.reconnect();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -172,12 +174,7 @@ async fn session(
                 Some(Ok(delivery)) => {
                     let (deps, fleet, pub_ch) = (deps.clone(), fleet.clone(), pub_ch.clone());
                     let stop = stop_jobs.child_token();
-                    let span = tracing::info_span!(
-                        "delivery",
-                        tenant = tracing::field::Empty,
-                        job_id = tracing::field::Empty,
-                        attempt = tracing::field::Empty,
-                    );
+                    let span = span::consumer_span(&fleet.topology, &delivery);
                     tracker.spawn(
                         async move { handle(&deps, &fleet, &pub_ch, delivery, stop).await }
                             .instrument(span),
@@ -230,7 +227,10 @@ async fn ping_redis(fleet: Arc<FleetDeps>, shutdown: CancellationToken) {
     }
 }
 
-fn emit(fleet: &FleetDeps, event: JobEvent) {
+/// The delivery is settled: counted, recorded on its span, reported to the observers.
+fn emit(deps: &Deps, fleet: &FleetDeps, event: JobEvent) {
+    deps.metrics.job(event.disposition, &event.reason);
+    span::record_settled(&tracing::Span::current(), &event);
     if let Some(tx) = &fleet.events {
         let _ = tx.send(event);
     }
@@ -267,7 +267,7 @@ async fn handle(
         Ok(JobMessage::V1(job)) => job,
         Err(e) => {
             tracing::warn!(error = %e, "poison message: dead-lettering");
-            disposition::dead_letter(
+            let landed = disposition::dead_letter(
                 pub_ch,
                 topo,
                 &delivery,
@@ -276,8 +276,9 @@ async fn handle(
                 attempt,
             )
             .await;
+            count_publish(deps, landed, "dead-letter");
             event.reason = "bad-message".into();
-            return emit(fleet, event);
+            return emit(deps, fleet, event);
         }
     };
     event.tenant = job.tenant.chars().take(64).collect();
@@ -311,16 +312,18 @@ async fn handle(
     };
     if let Some((reason, message)) = refusal {
         tracing::warn!(reason, message, "job refused: dead-lettering");
-        disposition::dead_letter(pub_ch, topo, &delivery, reason, &message, attempt).await;
+        let landed =
+            disposition::dead_letter(pub_ch, topo, &delivery, reason, &message, attempt).await;
+        count_publish(deps, landed, "dead-letter");
         event.reason = reason.into();
-        return emit(fleet, event);
+        return emit(deps, fleet, event);
     }
 
     let guard = match fleet.locks.acquire(&job.tenant).await {
         Ok(Some(g)) => g,
         Ok(None) => {
-            busy(fleet, pub_ch, &delivery, attempt, &mut event).await;
-            return emit(fleet, event);
+            busy(deps, fleet, pub_ch, &delivery, attempt, &mut event).await;
+            return emit(deps, fleet, event);
         }
         Err(e) => {
             fleet.health.set_redis(false);
@@ -329,7 +332,7 @@ async fn handle(
             disposition::hand_back(&delivery).await;
             event.disposition = "handed-back";
             event.reason = "redis-unavailable".into();
-            return emit(fleet, event);
+            return emit(deps, fleet, event);
         }
     };
 
@@ -379,7 +382,7 @@ async fn handle(
             event.reason = outcome.label().into();
         }
         Err(JobError::Permanent(p)) => {
-            dead_letter_permanent(fleet, pub_ch, &delivery, &p, attempt).await;
+            dead_letter_permanent(deps, fleet, pub_ch, &delivery, &p, attempt).await;
             event.reason = p.reason().into();
         }
         Err(JobError::Retryable(Retryable::Cancelled)) if stop.is_cancelled() => {
@@ -404,22 +407,40 @@ async fn handle(
                     if handed_back {
                         headers.push((HEADER_HANDED_BACK, AMQPValue::Boolean(true)));
                     }
-                    disposition::retry_later(pub_ch, topo, &delivery, delay, &headers).await;
+                    let landed =
+                        disposition::retry_later(pub_ch, topo, &delivery, delay, &headers).await;
+                    count_publish(deps, landed, "retry");
                     event.disposition = "retry-scheduled";
                 }
                 None => {
                     let why = format!("gave up after {} attempts: {r}", attempt + 1);
-                    disposition::dead_letter(pub_ch, topo, &delivery, r.reason(), &why, attempt)
-                        .await;
+                    let landed = disposition::dead_letter(
+                        pub_ch,
+                        topo,
+                        &delivery,
+                        r.reason(),
+                        &why,
+                        attempt,
+                    )
+                    .await;
+                    count_publish(deps, landed, "dead-letter");
                     event.disposition = "dead-lettered";
                 }
             }
         }
     }
-    emit(fleet, event);
+    emit(deps, fleet, event);
+}
+
+/// A retry or dead letter that the broker did not confirm (the delivery was handed back).
+fn count_publish(deps: &Deps, landed: bool, kind: &'static str) {
+    if !landed {
+        deps.metrics.publish_failure(kind);
+    }
 }
 
 async fn dead_letter_permanent(
+    deps: &Deps,
     fleet: &FleetDeps,
     pub_ch: &Channel,
     delivery: &Delivery,
@@ -427,7 +448,7 @@ async fn dead_letter_permanent(
     attempt: u32,
 ) {
     tracing::warn!(reason = p.reason(), error = %p, "permanent failure: dead-lettering");
-    disposition::dead_letter(
+    let landed = disposition::dead_letter(
         pub_ch,
         &fleet.topology,
         delivery,
@@ -436,12 +457,14 @@ async fn dead_letter_permanent(
         attempt,
     )
     .await;
+    count_publish(deps, landed, "dead-letter");
 }
 
 /// The tenant is locked. A fresh job is redundant with the one running: `skipped-busy`. A job that
 /// was already in progress somewhere (redelivered after a crash, handed back) must not be
 /// dropped: it waits in the first delay queue and tries again, a bounded number of times.
 async fn busy(
+    deps: &Deps,
     fleet: &FleetDeps,
     pub_ch: &Channel,
     delivery: &Delivery,
@@ -456,6 +479,7 @@ async fn busy(
         );
     if !handed_back {
         tracing::info!("tenant busy with another job: skipped");
+        deps.metrics.lock_contention("skipped-busy");
         disposition::ack(delivery).await;
         event.disposition = "skipped-busy";
         event.reason = "busy".into();
@@ -469,7 +493,8 @@ async fn busy(
                 bounces,
                 "tenant still locked for a handed-back job: waiting"
             );
-            disposition::retry_later(
+            deps.metrics.lock_contention("bounced");
+            let landed = disposition::retry_later(
                 pub_ch,
                 &fleet.topology,
                 delivery,
@@ -480,11 +505,13 @@ async fn busy(
                 ],
             )
             .await;
+            count_publish(deps, landed, "retry");
             event.disposition = "retry-scheduled";
             event.reason = "busy".into();
         }
         _ => {
-            disposition::dead_letter(
+            deps.metrics.lock_contention("gave-up");
+            let landed = disposition::dead_letter(
                 pub_ch,
                 &fleet.topology,
                 delivery,
@@ -493,6 +520,7 @@ async fn busy(
                 attempt,
             )
             .await;
+            count_publish(deps, landed, "dead-letter");
             event.disposition = "dead-lettered";
             event.reason = "tenant-locked-too-long".into();
         }

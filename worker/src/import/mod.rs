@@ -4,11 +4,13 @@
 //! stream through a bounded channel and a bounded window of rows is in flight.
 
 pub mod apply;
+pub mod decode;
+pub mod reader;
 pub mod results;
 pub mod row;
 pub mod template;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,7 @@ use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
 use crate::platform::{ApiError, PlatformClient};
 use apply::{ApplyContext, RowResult, RowStatus};
+use reader::{BoundedReader, Item};
 use results::ResultsWriter;
 use row::RowError;
 use template::{HeaderError, Template};
@@ -53,6 +56,7 @@ pub struct ImportSummary {
     pub first_problems: Vec<RowResult>,
     pub results_file: PathBuf,
     pub delimiter: char,
+    pub encoding: decode::TextEncoding,
 }
 
 /// Limits and options of one run.
@@ -62,6 +66,8 @@ pub struct ImportParams {
     pub concurrency: usize,
     pub max_rows: u64,
     pub progress_every: u64,
+    /// Longest record, in bytes (UTF-8); longer ones are reported per row, never buffered.
+    pub max_record_bytes: usize,
 }
 
 const FIRST_PROBLEMS: usize = 50;
@@ -79,6 +85,21 @@ pub async fn run(
         ApiError::Credentials(code) => ImportError::Credentials(code),
         other => ImportError::Api(other),
     })?;
+    // Decode to UTF-8 first (a sibling temp file, removed when this function returns).
+    let utf8_copy = tempfile::Builder::new()
+        .prefix("user-import-utf8-")
+        .tempfile_in(file.parent().unwrap_or(Path::new(".")))?;
+    let (encoding, converted) = {
+        let (input, out) = (file.to_owned(), utf8_copy.path().to_owned());
+        tokio::task::spawn_blocking(move || decode::normalise(&input, &out))
+            .await
+            .map_err(|e| ImportError::Unreadable(e.to_string()))?
+            .map_err(|e| match e {
+                decode::DecodeError::Binary => ImportError::Unreadable(e.to_string()),
+                decode::DecodeError::Io(io) => ImportError::Io(io),
+            })?
+    };
+    let file: &Path = if converted { utf8_copy.path() } else { file };
     let delimiter = sniff_delimiter(file)?;
     let first = {
         let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
@@ -93,7 +114,9 @@ pub async fn run(
         .map(str::to_owned)
         .collect();
     let _ = progress.send(format!(
-        "validated {} rows: {} invalid{}",
+        "file encoding {}, delimiter {:?}; validated {} rows: {} invalid{}",
+        encoding.label(),
+        delimiter as char,
         first.rows,
         first.invalid,
         if unknown.is_empty() {
@@ -117,8 +140,17 @@ pub async fn run(
             params.options.clone(),
             first.duplicates,
         );
+        let max_record_bytes = params.max_record_bytes;
         tokio::task::spawn_blocking(move || {
-            second_pass(&file, delimiter, &template, &options, &dups, &tx)
+            second_pass(
+                &file,
+                delimiter,
+                max_record_bytes,
+                &template,
+                &options,
+                &dups,
+                &tx,
+            )
         })
     };
 
@@ -183,6 +215,7 @@ pub async fn run(
         first_problems,
         results_file: results_path.to_owned(),
         delimiter: delimiter as char,
+        encoding,
     })
 }
 
@@ -217,12 +250,13 @@ fn sniff_delimiter(file: &Path) -> Result<u8, ImportError> {
     Ok(best)
 }
 
-fn reader(file: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, ImportError> {
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter)
-        .from_reader(std::fs::File::open(file)?))
+fn reader(
+    file: &Path,
+    delimiter: u8,
+    max_record_bytes: usize,
+) -> Result<BoundedReader<std::io::BufReader<std::fs::File>>, ImportError> {
+    let f = std::io::BufReader::with_capacity(64 * 1024, std::fs::File::open(file)?);
+    Ok(BoundedReader::new(f, delimiter, max_record_bytes))
 }
 
 struct FirstPass {
@@ -239,13 +273,36 @@ fn key_hash(username: &str) -> u64 {
     h.finish()
 }
 
-fn header_of(rdr: &mut csv::Reader<std::fs::File>) -> Result<Vec<String>, ImportError> {
-    let mut rec = csv::StringRecord::new();
-    match rdr.read_record(&mut rec) {
-        Ok(true) => Ok(rec.iter().map(str::to_owned).collect()),
-        Ok(false) => Err(HeaderError::Empty.into()),
-        Err(e) => Err(ImportError::Unreadable(format!("header row: {e}"))),
+fn header_of<R: std::io::Read>(rdr: &mut BoundedReader<R>) -> Result<Vec<String>, ImportError> {
+    match rdr.next_item()? {
+        Some(Item::Record { fields, .. }) => Ok(fields),
+        None => Err(HeaderError::Empty.into()),
+        Some(Item::TooLong { limit, .. }) => Err(ImportError::Unreadable(format!(
+            "the header row is longer than {limit} bytes"
+        ))),
+        Some(Item::TooManyFields { .. }) => Err(ImportError::Unreadable(format!(
+            "the header row has more than {} columns",
+            reader::MAX_FIELDS
+        ))),
+        Some(Item::NotUtf8 { .. }) => {
+            Err(ImportError::Unreadable("the header row is not text".into()))
+        }
     }
+}
+
+/// A record's problem as a row error (the row is reported, nothing is sent for it).
+fn item_error(item: &Item) -> Option<RowError> {
+    let message = match item {
+        Item::Record { .. } => return None,
+        Item::TooLong { limit, .. } => format!("the row is longer than {limit} bytes"),
+        Item::TooManyFields { .. } => format!("the row has more than {} cells", reader::MAX_FIELDS),
+        Item::NotUtf8 { .. } => "the row is not valid text".into(),
+    };
+    Some(RowError {
+        line: item.line(),
+        username: String::new(),
+        message,
+    })
 }
 
 fn first_pass(
@@ -254,75 +311,64 @@ fn first_pass(
     fields: &ProfileFields,
     params: &ImportParams,
 ) -> Result<FirstPass, ImportError> {
-    let mut rdr = reader(file, delimiter)?;
+    let mut rdr = reader(file, delimiter, params.max_record_bytes)?;
     let template = Template::from_header(&header_of(&mut rdr)?, fields)?;
-    // Seen once → false, seen again → true. A 64-bit hash per name keeps a million rows in a
-    // few tens of MiB; a collision (odds ~1e-8 at a million rows) only flags two rows for review.
-    let mut seen: HashMap<u64, bool> = HashMap::new();
+    // One 64-bit hash per name: a million rows take ~17 MiB; a collision (odds ~1e-8 at a
+    // million rows) only flags two rows for review. Names seen twice also go to `dups`.
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut dups: HashSet<u64> = HashSet::new();
     let (mut rows, mut invalid) = (0u64, 0u64);
-    let mut rec = csv::StringRecord::new();
-    loop {
-        match rdr.read_record(&mut rec) {
-            Ok(false) => break,
-            Ok(true) => {
-                rows += 1;
-                if rows > params.max_rows {
-                    return Err(ImportError::TooManyRows(params.max_rows));
-                }
-                let cells: Vec<&str> = rec.iter().collect();
-                let line = rec.position().map(|p| p.line()).unwrap_or(rows + 1);
-                match row::validate(line, &cells, &template, &params.options) {
-                    Ok(input) => {
-                        let mut names = vec![input.username.as_str()];
-                        names.extend(input.new_username.as_deref());
-                        for n in names {
-                            seen.entry(key_hash(n))
-                                .and_modify(|again| *again = true)
-                                .or_insert(false);
-                        }
+    while let Some(item) = rdr.next_item()? {
+        rows += 1;
+        if rows > params.max_rows {
+            return Err(ImportError::TooManyRows(params.max_rows));
+        }
+        let Item::Record { line, fields } = item else {
+            // Reported in the second pass.
+            invalid += 1;
+            continue;
+        };
+        let cells: Vec<&str> = fields.iter().map(String::as_str).collect();
+        match row::validate(line, &cells, &template, &params.options) {
+            Ok(input) => {
+                let mut names = vec![input.username.as_str()];
+                names.extend(input.new_username.as_deref());
+                for n in names {
+                    let h = key_hash(n);
+                    if !seen.insert(h) {
+                        dups.insert(h);
                     }
-                    Err(_) => invalid += 1,
                 }
             }
-            // A row that is not UTF-8 or not CSV: counted here, reported in the second pass.
-            Err(_) => {
-                rows += 1;
-                invalid += 1;
-            }
+            Err(_) => invalid += 1,
         }
     }
-    let duplicates = seen
-        .into_iter()
-        .filter(|(_, d)| *d)
-        .map(|(h, _)| h)
-        .collect();
+    drop(seen);
     Ok(FirstPass {
         template,
         rows,
         invalid,
-        duplicates,
+        duplicates: dups,
     })
 }
 
 fn second_pass(
     file: &Path,
     delimiter: u8,
+    max_record_bytes: usize,
     template: &Template,
     options: &ImportOptions,
     duplicates: &HashSet<u64>,
     tx: &mpsc::Sender<Result<row::RowInput, RowError>>,
 ) -> Result<(), ImportError> {
-    let mut rdr = reader(file, delimiter)?;
+    let mut rdr = reader(file, delimiter, max_record_bytes)?;
     header_of(&mut rdr)?;
-    let mut rec = csv::StringRecord::new();
-    let mut n = 0u64;
-    loop {
-        let item = match rdr.read_record(&mut rec) {
-            Ok(false) => break,
-            Ok(true) => {
-                n += 1;
-                let cells: Vec<&str> = rec.iter().collect();
-                let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
+    while let Some(item) = rdr.next_item()? {
+        let result = match (&item, item_error(&item)) {
+            (_, Some(e)) => Err(e),
+            (Item::Record { line, fields }, None) => {
+                let line = *line;
+                let cells: Vec<&str> = fields.iter().map(String::as_str).collect();
                 row::validate(line, &cells, template, options).and_then(|input| {
                     let mut names = vec![input.username.as_str()];
                     names.extend(input.new_username.as_deref());
@@ -338,27 +384,12 @@ fn second_pass(
                     }
                 })
             }
-            Err(e) => {
-                n += 1;
-                let line = e.position().map(|p| p.line()).unwrap_or(n + 1);
-                Err(RowError {
-                    line,
-                    username: String::new(),
-                    message: format!("unreadable row: {}", describe_csv_error(&e)),
-                })
-            }
+            (_, None) => continue,
         };
-        if tx.blocking_send(item).is_err() {
+        if tx.blocking_send(result).is_err() {
             // The consumer stopped (credentials refused, cancelled): nothing more to read.
             break;
         }
     }
     Ok(())
-}
-
-fn describe_csv_error(e: &csv::Error) -> String {
-    match e.kind() {
-        csv::ErrorKind::Utf8 { .. } => "it is not valid UTF-8".into(),
-        _ => e.to_string(),
-    }
 }

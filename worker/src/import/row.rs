@@ -317,3 +317,33 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::import::template::Template;
+
+    proptest! {
+        /// Any cells: validation answers (a row or an error naming the line) and never panics.
+        #[test]
+        fn any_cells_are_validated_without_panic(
+            cells in proptest::collection::vec(any::<String>(), 0..12),
+            line in 1u64..1_000_000,
+        ) {
+            let header: Vec<String> = ["Username", "First name", "Surname", "Email address", "Department", "Groups", "Account state", "New username", "Password"]
+                .iter().map(|s| s.to_string()).collect();
+            let t = Template::from_header(&header, &crate::import::template::tests_support::fields())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let refs: Vec<&str> = cells.iter().map(String::as_str).collect();
+            match validate(line, &refs, &t, &ImportOptions::default()) {
+                Ok(r) => prop_assert_eq!(r.line, line),
+                Err(e) => {
+                    prop_assert_eq!(e.line, line);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod hash;
 pub mod log;
 pub mod report;
+pub mod span;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -17,11 +18,13 @@ use shared::registry::{Registry, Tenant};
 use shared::settings::Settings;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::{ImportError, ImportParams};
+use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
 use log::{LogTarget, TenantLog};
@@ -35,6 +38,8 @@ pub struct Deps {
     pub http: reqwest::Client,
     pub ftps: FtpsConnector,
     pub mailer: Mailer,
+    /// The process's metrics (`/metrics` of `worker run`).
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Deps {
@@ -47,6 +52,7 @@ impl Deps {
             http: PlatformClient::http_client(&settings.platform)?,
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
+            metrics: Arc::new(WorkerMetrics::default()),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
             settings,
@@ -102,19 +108,13 @@ impl JobContext {
     }
 }
 
-/// Runs the whole pipeline for `tenant`.
+/// Runs the whole pipeline for `tenant`, in a `job` span (see [`span`]).
 pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<Outcome, JobError> {
-    let span = tracing::info_span!("job", tenant = %tenant, job_id = %job.job_id, outcome = tracing::field::Empty);
+    let span = span::job_span(tenant, &job);
     let result = run(deps, tenant, &job).instrument(span.clone()).await;
-    match &result {
-        Ok(o) => {
-            span.record("outcome", o.label());
-            tracing::info!(parent: &span, outcome = o.label(), "job finished");
-        }
-        Err(e) => {
-            span.record("outcome", e.reason());
-            tracing::warn!(parent: &span, reason = e.reason(), retryable = e.is_retryable(), error = %e, "job failed");
-        }
+    span::record_outcome(&span, &result);
+    if let Ok(Outcome::Imported { counts, .. }) = &result {
+        deps.metrics.rows(counts);
     }
     result
 }
@@ -186,6 +186,7 @@ async fn stages(
     started: chrono::DateTime<Utc>,
 ) -> Result<Outcome, JobError> {
     let settings = &deps.settings;
+    let metrics = &deps.metrics;
     let max_bytes = tenant
         .limits
         .max_file_bytes
@@ -196,8 +197,18 @@ async fn stages(
 
     // fetch
     job.check()?;
-    let fetched = fetch::fetch(session, max_bytes, &work_dir)
-        .instrument(tracing::info_span!("fetch"))
+    let span = tracing::info_span!(
+        "fetch",
+        file.size = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        error.type = Empty,
+    );
+    let fetched = metrics
+        .time(
+            Stage::Fetch,
+            fetch::fetch(session, max_bytes, &work_dir).instrument(span.clone()),
+        )
         .await
         .map_err(|e| match e {
             FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
@@ -205,21 +216,37 @@ async fn stages(
                 limit,
             }),
             other => ftps_error(other),
-        })?;
-    let Some(fetched) = fetched else {
+        });
+    span::failed_on(&span, &fetched);
+    let Some(fetched) = fetched? else {
         return Ok(Outcome::NoFile);
     };
+    span.record("file.size", fetched.size);
     log.line(format!(
         "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
         fetched.size, fetched.sha1
     ));
 
     // hash
-    if hash::already_processed(session, &fetched.sha1)
-        .instrument(tracing::info_span!("hash"))
+    let span = tracing::info_span!(
+        "hash",
+        file.sha1 = %fetched.sha1,
+        already_processed = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        error.type = Empty,
+    );
+    let seen = metrics
+        .time(
+            Stage::Hash,
+            hash::already_processed(session, &fetched.sha1).instrument(span.clone()),
+        )
         .await
-        .map_err(ftps_error)?
-    {
+        .map_err(ftps_error);
+    span::failed_on(&span, &seen);
+    let seen = seen?;
+    span.record("already_processed", seen);
+    if seen {
         return Ok(Outcome::AlreadyProcessed {
             sha1: fetched.sha1.to_string(),
         });
@@ -251,6 +278,7 @@ async fn stages(
                 m.min(settings.import.max_rows)
             }),
         progress_every: settings.import.progress_every,
+        max_record_bytes: settings.import.max_record_bytes,
     };
     let results = tempfile::Builder::new()
         .prefix("user-import-results-")
@@ -258,17 +286,44 @@ async fn stages(
         .tempfile_in(&work_dir)
         .map_err(|e| Retryable::Io(e.to_string()))?;
     let progress = log.sender();
-    let summary = crate::import::run(
-        fetched.file.path(),
-        results.path(),
-        &client,
-        &params,
-        &progress,
-        &job.cancel,
-    )
-    .instrument(tracing::info_span!("import"))
-    .await;
+    let span = tracing::info_span!(
+        "import",
+        concurrency,
+        api.requests = Empty,
+        api.retries = Empty,
+        api.rate_limited = Empty,
+        api.server_errors = Empty,
+        api.transport_errors = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        error.type = Empty,
+    );
+    let summary = metrics
+        .time(
+            Stage::Import,
+            crate::import::run(
+                fetched.file.path(),
+                results.path(),
+                &client,
+                &params,
+                &progress,
+                &job.cancel,
+            )
+            .instrument(span.clone()),
+        )
+        .await;
     drop(progress);
+    let stats = client.stats();
+    metrics.api(stats);
+    for (field, counter) in [
+        ("api.requests", &stats.requests),
+        ("api.retries", &stats.retries),
+        ("api.rate_limited", &stats.rate_limited),
+        ("api.server_errors", &stats.server_errors),
+        ("api.transport_errors", &stats.transport_errors),
+    ] {
+        span.record(field, counter.load(std::sync::atomic::Ordering::Relaxed));
+    }
     let summary = summary.map_err(|e| match e {
         ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
         ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
@@ -282,8 +337,9 @@ async fn stages(
         ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
         ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
         ImportError::Cancelled => Retryable::Cancelled.into(),
-    })?;
-    let stats = client.stats();
+    });
+    span::failed_on(&span, &summary);
+    let summary = summary?;
     log.line(format!(
         "import done: {} rows; API requests {}, retries {}, rate-limited {}",
         summary.counts.rows,
@@ -295,7 +351,13 @@ async fn stages(
     ));
 
     // report
-    let report_span = tracing::info_span!("report");
+    let report_span = tracing::info_span!(
+        "report",
+        email_sent = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        error.type = Empty,
+    );
     let report_path = report::report_path(started, &fetched.sha1);
     let email_sent = async {
         job.check()?;
@@ -333,8 +395,11 @@ async fn stages(
         log.line(format!("marker written: /tmp/{}.sha1", fetched.sha1));
         Ok::<bool, JobError>(email_sent)
     }
-    .instrument(report_span)
-    .await?;
+    .instrument(report_span.clone());
+    let email_sent = metrics.time(Stage::Report, email_sent).await;
+    span::failed_on(&report_span, &email_sent);
+    let email_sent = email_sent?;
+    report_span.record("email_sent", email_sent);
 
     Ok(Outcome::Imported {
         sha1: fetched.sha1.to_string(),

@@ -308,6 +308,14 @@ impl PlatformClient {
                     Err(e) => Err(e),
                 }
             };
+            // One event per attempt (a span event of `import` when traced at this level): the call,
+            // the status and the attempt; never the URL's ids, a body or a header.
+            match &outcome {
+                Ok((status, ..)) => {
+                    tracing::trace!(call, status = status.as_u16(), attempt, "api call")
+                }
+                Err(e) => tracing::trace!(call, error = transport_kind(e), attempt, "api call"),
+            }
             let wait = match outcome {
                 Ok((status, location, retry_after, body)) => {
                     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -333,16 +341,7 @@ impl PlatformClient {
                     ApiStats::bump(&self.stats.transport_errors);
                     // reqwest's message names the URL (never the credentials, which are in a
                     // header); keep the kind and drop the chain of sources.
-                    last = format!(
-                        "{call}: {}",
-                        if e.is_timeout() {
-                            "timed out"
-                        } else if e.is_connect() {
-                            "cannot connect"
-                        } else {
-                            "connection failed"
-                        }
-                    );
+                    last = format!("{call}: {}", transport_kind(&e));
                     self.policy.backoff(attempt)
                 }
             };
@@ -361,6 +360,17 @@ impl PlatformClient {
             attempts: self.policy.max_attempts,
             last,
         })
+    }
+}
+
+/// What went wrong with a request that got no answer, in words that quote nothing of it.
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "connection failed"
     }
 }
 

@@ -1,0 +1,135 @@
+//! FTPS fetch+hash: one download of a file over the worker's own FTPS client
+//! ([`worker::ftps::FtpsConnector`] / [`worker::ftps::FtpsSession::download`]), written to a
+//! temporary file through the same 256 KiB `BufWriter` and hashed with the same SHA1 as
+//! `worker::pipeline::fetch::fetch` (which only reads `/uploads/user-import.csv` and is capped by
+//! `import.max_file_bytes`, hence the copy of its few lines here). The clock covers what a
+//! `curl` run covers: connect, TLS, login, SIZE, RETR, the transfer and QUIT.
+//!
+//! Two other sinks split the cost for a diagnosis: no file (bytes dropped) and no hash.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sha1::{Digest, Sha1};
+use shared::ApiKey;
+use tokio::io::{AsyncWrite, BufWriter};
+use worker::ftps::FtpsConnector;
+
+/// Where the file is and who reads it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub key: ApiKey,
+    pub path: String,
+}
+
+/// Where the downloaded bytes go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// A temporary file in this directory, as `fetch` writes it (the real pipeline).
+    TempFile(PathBuf),
+    /// Nowhere (`tokio::io::sink`): the transfer and TLS alone.
+    Discard,
+}
+
+/// What one download measured.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub bytes: u64,
+    /// Connect to QUIT, like a `curl` process's wall time.
+    pub total: Duration,
+    /// RETR to the end of the transfer.
+    pub transfer: Duration,
+    /// `None` when hashing was off.
+    pub sha1: Option<String>,
+}
+
+impl Run {
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / crate::MIB / self.total.as_secs_f64()
+    }
+}
+
+/// Downloads `target.path` once. `max_bytes` replaces the tenant's file-size limit.
+pub async fn download_once(
+    connector: &FtpsConnector,
+    target: &Target,
+    sink: &Sink,
+    hash: bool,
+    max_bytes: u64,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let mut session = connector
+        .connect(&target.host, target.port, &target.user, &target.key)
+        .await?;
+    // As `fetch` does: SIZE first.
+    let size = session
+        .size(&target.path)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no file {} on the server", target.path))?;
+    let mut hasher = hash.then(Sha1::new);
+    let inspect = |chunk: &[u8]| {
+        if let Some(h) = hasher.as_mut() {
+            h.update(chunk);
+        }
+    };
+    let transfer_started = Instant::now();
+    let (bytes, _file) = match sink {
+        Sink::TempFile(dir) => {
+            let file = tempfile::Builder::new()
+                .prefix("user-import-")
+                .suffix(".csv")
+                .tempfile_in(dir)?;
+            let mut out =
+                BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
+            let n = download(&mut session, target, &mut out, max_bytes, inspect).await?;
+            (n, Some(file))
+        }
+        Sink::Discard => {
+            let mut out = tokio::io::sink();
+            let n = download(&mut session, target, &mut out, max_bytes, inspect).await?;
+            (n, None)
+        }
+    };
+    let transfer = transfer_started.elapsed();
+    session.quit().await;
+    let total = started.elapsed();
+    if bytes != size {
+        anyhow::bail!("SIZE said {size} bytes, the transfer brought {bytes}");
+    }
+    Ok(Run {
+        bytes,
+        total,
+        transfer,
+        sha1: hasher.map(|h| hex::encode(h.finalize())),
+    })
+}
+
+async fn download<W: AsyncWrite + Unpin>(
+    session: &mut worker::ftps::FtpsSession,
+    target: &Target,
+    out: &mut W,
+    max_bytes: u64,
+    inspect: impl FnMut(&[u8]),
+) -> anyhow::Result<u64> {
+    session
+        .download(&target.path, out, max_bytes, inspect)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))
+}
+
+/// SHA1 of `total` bytes of memory in `chunk`-sized updates: the hash's own speed, MiB/s.
+pub fn sha1_rate(total: u64, chunk: usize) -> f64 {
+    let buf: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
+    let mut hasher = Sha1::new();
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < total {
+        hasher.update(&buf);
+        done += chunk as u64;
+    }
+    std::hint::black_box(hasher.finalize());
+    done as f64 / crate::MIB / started.elapsed().as_secs_f64()
+}

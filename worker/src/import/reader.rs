@@ -1,0 +1,261 @@
+//! A CSV reader with bounded memory: records are parsed by `csv-core` into a fixed buffer of
+//! `max_record_bytes`; a record that does not fit (or has more than `MAX_FIELDS` cells) is skipped
+//! to its end and reported as too long, never buffered whole. Blank lines are skipped. Line numbers
+//! are those of the line where each record starts (1-based), as a spreadsheet shows them.
+
+use std::io::Read;
+
+use csv_core::ReadRecordResult;
+
+/// More cells than any template has; a row beyond it is refused.
+pub const MAX_FIELDS: usize = 512;
+
+/// One record, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Record { line: u64, fields: Vec<String> },
+    TooLong { line: u64, limit: usize },
+    TooManyFields { line: u64 },
+    NotUtf8 { line: u64 },
+}
+
+impl Item {
+    pub fn line(&self) -> u64 {
+        match self {
+            Item::Record { line, .. }
+            | Item::TooLong { line, .. }
+            | Item::TooManyFields { line }
+            | Item::NotUtf8 { line } => *line,
+        }
+    }
+}
+
+pub struct BoundedReader<R> {
+    src: R,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    core: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    scratch: Vec<u8>,
+    scratch_ends: Vec<usize>,
+    /// Newlines consumed so far: gives each record's starting line.
+    newlines: u64,
+}
+
+impl<R> std::fmt::Debug for BoundedReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedReader")
+            .field("max_record_bytes", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> BoundedReader<R> {
+    pub fn new(src: R, delimiter: u8, max_record_bytes: usize) -> Self {
+        Self {
+            src,
+            buf: vec![0; 64 * 1024],
+            pos: 0,
+            len: 0,
+            eof: false,
+            core: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
+            out: vec![0; max_record_bytes.max(1)],
+            ends: vec![0; MAX_FIELDS],
+            scratch: vec![0; 4096],
+            scratch_ends: vec![0; 64],
+            newlines: 0,
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.pos == self.len && !self.eof {
+            self.pos = 0;
+            self.len = self.src.read(&mut self.buf)?;
+            if self.len == 0 {
+                self.eof = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next record; `Ok(None)` at the end of the file.
+    pub fn next_item(&mut self) -> std::io::Result<Option<Item>> {
+        loop {
+            // Line breaks between records (the rest of a CRLF, blank lines) are consumed here,
+            // so the record's first byte is on the line we name.
+            loop {
+                self.fill()?;
+                match self.buf[self.pos..self.len].first() {
+                    Some(b'\n') => {
+                        self.newlines += 1;
+                        self.pos += 1;
+                    }
+                    Some(b'\r') => self.pos += 1,
+                    _ => break,
+                }
+            }
+            let line = self.newlines + 1;
+            let (mut nout, mut nend) = (0usize, 0usize);
+            let mut overflow: Option<Item> = None;
+            loop {
+                self.fill()?;
+                let input = &self.buf[self.pos..self.len];
+                let (res, nin, o, e) = if overflow.is_some() {
+                    self.core
+                        .read_record(input, &mut self.scratch, &mut self.scratch_ends)
+                } else {
+                    self.core
+                        .read_record(input, &mut self.out[nout..], &mut self.ends[nend..])
+                };
+                self.newlines += input[..nin].iter().filter(|&&b| b == b'\n').count() as u64;
+                self.pos += nin;
+                if overflow.is_none() {
+                    nout += o;
+                    nend += e;
+                }
+                match res {
+                    ReadRecordResult::InputEmpty => continue,
+                    ReadRecordResult::OutputFull => {
+                        overflow.get_or_insert(Item::TooLong {
+                            line,
+                            limit: self.out.len(),
+                        });
+                    }
+                    ReadRecordResult::OutputEndsFull => {
+                        overflow.get_or_insert(Item::TooManyFields { line });
+                    }
+                    ReadRecordResult::Record => break,
+                    ReadRecordResult::End => return Ok(None),
+                }
+            }
+            if let Some(item) = overflow {
+                return Ok(Some(item));
+            }
+            // A blank line parses as one empty field: not a record.
+            if nend == 1 && self.ends[0] == 0 {
+                continue;
+            }
+            let mut fields = Vec::with_capacity(nend);
+            let mut start = 0;
+            for &end in &self.ends[..nend] {
+                match std::str::from_utf8(&self.out[start..end]) {
+                    Ok(s) => fields.push(s.to_owned()),
+                    Err(_) => return Ok(Some(Item::NotUtf8 { line })),
+                }
+                start = end;
+            }
+            return Ok(Some(Item::Record { line, fields }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(text: &[u8], max: usize) -> Vec<Item> {
+        let mut r = BoundedReader::new(text, b',', max);
+        let mut out = Vec::new();
+        while let Some(i) = r.next_item().unwrap_or_else(|e| panic!("{e}")) {
+            out.push(i);
+        }
+        out
+    }
+
+    fn rec(line: u64, fields: &[&str]) -> Item {
+        Item::Record {
+            line,
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn quotes_newlines_crlf_and_blank_lines() {
+        let got = items(b"a,b\r\n\"x\ny\",\"say \"\"hi\"\"\"\r\n\r\nc,d\n", 1024);
+        assert_eq!(
+            got,
+            vec![
+                rec(1, &["a", "b"]),
+                rec(2, &["x\ny", "say \"hi\""]),
+                rec(5, &["c", "d"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_skipped_not_buffered() {
+        let mut text = b"h1,h2\n".to_vec();
+        text.extend(b"\"");
+        text.extend(std::iter::repeat_n(b'x', 100_000));
+        text.extend(b"\",y\nok,1\n");
+        let got = items(&text, 1024);
+        assert_eq!(
+            got,
+            vec![
+                rec(1, &["h1", "h2"]),
+                Item::TooLong {
+                    line: 2,
+                    limit: 1024
+                },
+                rec(3, &["ok", "1"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_fields_and_bad_utf8_are_items_with_their_line() {
+        let many = ",".repeat(MAX_FIELDS + 5);
+        let text = format!("a\n{many}\nb\n");
+        let got = items(text.as_bytes(), 1 << 20);
+        assert_eq!(got[1], Item::TooManyFields { line: 2 });
+        assert_eq!(got[2], rec(3, &["b"]));
+        let got = items(b"a\n\xff\xfe\nb\n", 1024);
+        assert_eq!(got[1], Item::NotUtf8 { line: 2 });
+    }
+
+    #[test]
+    fn an_unterminated_quote_ends_at_the_end_of_the_file() {
+        let got = items(b"a\n\"never closed\nmore\n", 1024);
+        assert_eq!(got.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any bytes: no panic, every record fits the bound, lines never go backwards, and the
+        /// reader ends.
+        #[test]
+        fn any_input_is_read_within_bounds(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b','), Just(b'"'), Just(b'\n'), Just(b'\r'), Just(b';'), any::<u8>()],
+                0..1024,
+            ),
+            max in 1usize..256,
+        ) {
+            let mut r = BoundedReader::new(&bytes[..], b',', max);
+            let mut last_line = 0;
+            let mut n = 0;
+            while let Some(item) = r.next_item().map_err(|e| TestCaseError::fail(e.to_string()))? {
+                n += 1;
+                prop_assert!(n <= bytes.len() + 1, "more records than bytes");
+                prop_assert!(item.line() >= last_line);
+                last_line = item.line();
+                if let Item::Record { fields, .. } = &item {
+                    let total: usize = fields.iter().map(String::len).sum();
+                    prop_assert!(total <= max);
+                    prop_assert!(fields.len() <= MAX_FIELDS);
+                }
+            }
+        }
+    }
+}

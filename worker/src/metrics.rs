@@ -1,0 +1,294 @@
+//! The worker's Prometheus metrics, served on `/metrics` of `http.listen` (OpenMetrics text,
+//! `prometheus-client`; a counter registered as `x` is exposed as `x_total`). Built once in
+//! [`crate::Deps`]; the pipeline and the consumer add to them. Labels take bounded values only
+//! (dispositions, reasons, stages, row results): never a tenant, a user or a file.
+//!
+//! | metric | meaning |
+//! |---|---|
+//! | `worker_jobs_total{disposition, reason}` | deliveries handled, by what happened to them and why |
+//! | `worker_stage_duration_seconds{stage}` | time in `fetch`, `hash`, `import`, `report` (histogram) |
+//! | `worker_rows_total{result}` | rows of imported files: `created`, `updated`, `unchanged`, `invalid`, `failed`, `unconfirmed` |
+//! | `worker_api_requests_total` | HTTP requests to the platform API (attempts) |
+//! | `worker_api_retries_total` | attempts that were retries |
+//! | `worker_api_rate_limited_total` | `429` answers |
+//! | `worker_api_server_errors_total` | `5xx` answers |
+//! | `worker_api_transport_errors_total` | timeouts and broken connections |
+//! | `worker_lock_contention_total{result}` | jobs that found their tenant locked: `skipped-busy`, `bounced` (a handed-back job waits), `gave-up` |
+//! | `worker_publish_failures_total{kind}` | retry (`retry`) or dead-letter (`dead-letter`) publishes that failed (the delivery was handed back) |
+//! | `worker_consumer_reconnects_total` | broker sessions that ended and were reconnected |
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::outcome::Counts;
+use crate::platform::ApiStats;
+
+/// A pipeline stage, as labelled in `worker_stage_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Fetch,
+    Hash,
+    Import,
+    Report,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Hash => "hash",
+            Stage::Import => "import",
+            Stage::Report => "report",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    disposition: &'static str,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// From 10 ms (a marker check) to an hour (a very large import).
+const STAGE_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0, 3600.0,
+];
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(STAGE_BUCKETS)
+}
+
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    jobs: Family<JobLabels, Counter>,
+    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
+    rows: Family<ResultLabels, Counter>,
+    api_requests: Counter,
+    api_retries: Counter,
+    api_rate_limited: Counter,
+    api_server_errors: Counter,
+    api_transport_errors: Counter,
+    lock_contention: Family<ResultLabels, Counter>,
+    publish_failures: Family<KindLabels, Counter>,
+    reconnects: Counter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "worker_jobs",
+            "Deliveries handled, by disposition (imported, no-file, already-processed, \
+             skipped-busy, retry-scheduled, handed-back, dead-lettered) and reason",
+            jobs.clone(),
+        );
+        let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(stage_histogram);
+        registry.register(
+            "worker_stage_duration_seconds",
+            "Time spent in each pipeline stage (fetch, hash, import, report)",
+            stages.clone(),
+        );
+        let rows = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "worker_rows",
+            "Rows of imported files, by result",
+            rows.clone(),
+        );
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let api_requests = counter(
+            "worker_api_requests",
+            "HTTP requests to the platform API, retries included",
+        );
+        let api_retries = counter(
+            "worker_api_retries",
+            "Platform API requests that were retries",
+        );
+        let api_rate_limited = counter(
+            "worker_api_rate_limited",
+            "Platform API answers 429 Too Many Requests",
+        );
+        let api_server_errors = counter("worker_api_server_errors", "Platform API answers 5xx");
+        let api_transport_errors = counter(
+            "worker_api_transport_errors",
+            "Platform API requests that timed out or lost their connection",
+        );
+        let reconnects = counter(
+            "worker_consumer_reconnects",
+            "Broker sessions that ended and were reconnected",
+        );
+        let lock_contention = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "worker_lock_contention",
+            "Jobs that found their tenant locked: skipped-busy (a fresh job, acked), bounced (a \
+             handed-back job waits in the delay queue), gave-up (dead-lettered)",
+            lock_contention.clone(),
+        );
+        let publish_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "worker_publish_failures",
+            "Retry or dead-letter publishes that failed (the delivery was handed back instead)",
+            publish_failures.clone(),
+        );
+        Self {
+            registry,
+            jobs,
+            stages,
+            rows,
+            api_requests,
+            api_retries,
+            api_rate_limited,
+            api_server_errors,
+            api_transport_errors,
+            lock_contention,
+            publish_failures,
+            reconnects,
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// The `/metrics` body.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn job(&self, disposition: &'static str, reason: &str) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                disposition,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn stage(&self, stage: Stage, took: Duration) {
+        self.stages
+            .get_or_create(&StageLabels {
+                stage: stage.as_str(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Runs `fut`, timing it as `stage` (whatever it returns).
+    pub async fn time<F: std::future::Future>(&self, stage: Stage, fut: F) -> F::Output {
+        let started = Instant::now();
+        let out = fut.await;
+        self.stage(stage, started.elapsed());
+        out
+    }
+
+    pub fn rows(&self, counts: &Counts) {
+        for (result, n) in [
+            ("created", counts.created),
+            ("updated", counts.updated),
+            ("unchanged", counts.unchanged),
+            ("invalid", counts.invalid),
+            ("failed", counts.failed),
+            ("unconfirmed", counts.unconfirmed),
+        ] {
+            self.rows.get_or_create(&ResultLabels { result }).inc_by(n);
+        }
+    }
+
+    /// Adds one job's API counters.
+    pub fn api(&self, stats: &ApiStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.api_requests.inc_by(stats.requests.load(Relaxed));
+        self.api_retries.inc_by(stats.retries.load(Relaxed));
+        self.api_rate_limited
+            .inc_by(stats.rate_limited.load(Relaxed));
+        self.api_server_errors
+            .inc_by(stats.server_errors.load(Relaxed));
+        self.api_transport_errors
+            .inc_by(stats.transport_errors.load(Relaxed));
+    }
+
+    /// `skipped-busy`, `bounced` or `gave-up`.
+    pub fn lock_contention(&self, result: &'static str) {
+        self.lock_contention
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// `retry` or `dead-letter`.
+    pub fn publish_failure(&self, kind: &'static str) {
+        self.publish_failures
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn reconnect(&self) {
+        self.reconnects.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_shows_in_every_family() {
+        let m = WorkerMetrics::default();
+        m.job("imported", "imported");
+        m.stage(Stage::Fetch, Duration::from_millis(30));
+        m.rows(&Counts {
+            rows: 3,
+            created: 2,
+            invalid: 1,
+            ..Counts::default()
+        });
+        let stats = ApiStats::default();
+        stats
+            .requests
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        m.api(&stats);
+        m.lock_contention("skipped-busy");
+        m.publish_failure("retry");
+        m.reconnect();
+        let text = m.render();
+        for line in [
+            "worker_jobs_total{disposition=\"imported\",reason=\"imported\"} 1\n",
+            "worker_stage_duration_seconds_count{stage=\"fetch\"} 1\n",
+            "worker_stage_duration_seconds_bucket{le=\"0.05\",stage=\"fetch\"} 1\n",
+            "worker_rows_total{result=\"created\"} 2\n",
+            "worker_rows_total{result=\"invalid\"} 1\n",
+            "worker_api_requests_total 7\n",
+            "worker_lock_contention_total{result=\"skipped-busy\"} 1\n",
+            "worker_publish_failures_total{kind=\"retry\"} 1\n",
+            "worker_consumer_reconnects_total 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
