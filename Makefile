@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline
+.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline deploy-check image otlp-dump
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,3 +34,12 @@ release: ## release build of the binaries
 
 bench-pipeline: ## pipeline benchmarks (FTPS fetch+hash vs curl, import rate, peak RSS); see BENCHMARKS.md
 	scripts/bench-pipeline.sh
+
+deploy-check: ## render + validate the Kubernetes overlays, lint YAML and Dockerfile, checkov, self-check (offline)
+	scripts/deploy-check.sh
+
+image: ## container image without an engine: static musl build, buildah, smoke run with runc (root; ~9 min cold)
+	scripts/image.sh
+
+otlp-dump: ## a local OTLP/gRPC receiver that prints the traces it gets (docs/observability.md)
+	cargo run --quiet -p tests --example otlp-dump

@@ -17,3 +17,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== deploy check (manifests, Dockerfile)" && scripts/deploy-check.sh
