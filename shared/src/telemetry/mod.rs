@@ -79,6 +79,22 @@ pub fn init(
     let provider = config.provider()?;
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "user-import");
 
+    // A second call (tests) keeps the first subscriber.
+    let _ = subscriber(format, env, tracer).try_init();
+    tracing::info!(
+        service = config.service_name,
+        otlp_endpoint = config.endpoint().unwrap_or("none (export off)"),
+        "traces"
+    );
+    Ok(Telemetry { provider })
+}
+
+/// The subscriber [`init`] installs: logs and this project's spans, both under `RUST_LOG`.
+fn subscriber(
+    format: LogFormat,
+    env: &HashMap<String, String>,
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> impl tracing::Subscriber + Send + Sync {
     let logs = match format {
         LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => fmt::layer()
@@ -105,17 +121,7 @@ pub fn init(
                 .with_max_level_hint(LevelFilter::TRACE),
             ),
         );
-    // A second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init();
-    tracing::info!(
-        service = config.service_name,
-        otlp_endpoint = config.endpoint().unwrap_or("none (export off)"),
-        "traces"
-    );
-    Ok(Telemetry { provider })
+    tracing_subscriber::registry().with(logs).with(spans)
 }
 
 /// Marks `span` as failed, the OpenTelemetry way: status `ERROR` with `message`, and `error.type`
@@ -174,10 +180,25 @@ mod tests {
     #[test]
     fn the_level_of_rust_log_stays_the_subscribers_maximum() {
         // Hot paths (one `trace!` per API call) then cost one comparison when disabled.
-        let env = HashMap::from([("RUST_LOG".to_owned(), "info".to_owned())]);
-        let telemetry = init("test", LogFormat::Json, &env).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(LevelFilter::current(), LevelFilter::INFO);
-        telemetry.shutdown();
+        // The subscriber's own hint, not `LevelFilter::current()`: that one is process-wide and
+        // moves with the scoped subscribers other tests install meanwhile.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
+        for (rust_log, expected) in [
+            ("info", LevelFilter::INFO),
+            ("warn", LevelFilter::WARN),
+            ("debug", LevelFilter::DEBUG),
+        ] {
+            let env = HashMap::from([("RUST_LOG".to_owned(), rust_log.to_owned())]);
+            for format in [LogFormat::Json, LogFormat::Text] {
+                let subscriber = subscriber(format, &env, tracer.clone());
+                assert_eq!(
+                    tracing::Subscriber::max_level_hint(&subscriber),
+                    Some(expected),
+                    "RUST_LOG={rust_log}"
+                );
+            }
+        }
     }
 
     #[test]
