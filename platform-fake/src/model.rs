@@ -88,12 +88,30 @@ pub struct CallCounts {
     pub injected_5xx: u64,
     pub injected_drops: u64,
     pub injected_timeouts: u64,
+    /// Successful creates, by username: more than one for a username means the user was
+    /// created, deleted and created again (the platform refuses a second create with 409).
+    pub creates: BTreeMap<String, u64>,
+    /// Creates refused with 409 because the username already existed.
+    pub create_conflicts: u64,
 }
 
 impl CallCounts {
     /// The number of authenticated requests to `call` (0 if none).
     pub fn get(&self, call: &str) -> u64 {
         self.calls.get(call).copied().unwrap_or(0)
+    }
+
+    /// The number of usernames created more than once, summed over their extra creates.
+    pub fn duplicate_creates(&self) -> u64 {
+        self.creates.values().map(|n| n.saturating_sub(1)).sum()
+    }
+
+    /// The number of authenticated write requests (`SetUser`, `SetUsers`, `DeleteUser`).
+    pub fn writes(&self) -> u64 {
+        [call::SET_USER, call::SET_USERS, call::DELETE_USER]
+            .iter()
+            .map(|c| self.get(c))
+            .sum()
     }
 
     /// The number of authenticated requests over all calls.

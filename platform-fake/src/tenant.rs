@@ -59,6 +59,7 @@ impl Tenant {
             _ => return Err(Rejection::BadRequest("profile.username is required".into())),
         };
         if self.users.contains_key(&username) {
+            self.calls.create_conflicts += 1;
             return Err(Rejection::Conflict(format!(
                 "user '{username}' already exists"
             )));
@@ -83,6 +84,7 @@ impl Tenant {
             auth_mode: create.auth_mode,
         };
         self.insert_user(user);
+        *self.calls.creates.entry(username.clone()).or_insert(0) += 1;
         Ok(Outcome::success(format!("user '{username}' created")))
     }
 
@@ -274,6 +276,20 @@ mod tests {
         let mut tenant = tenant_with(&["ada"]);
         let again = tenant.set_user(SetUser::Create(create("ada")));
         assert!(matches!(again, Err(Rejection::Conflict(_))));
+        assert_eq!(tenant.calls.create_conflicts, 1);
+        assert_eq!(tenant.calls.duplicate_creates(), 0, "a seeded user is not a create");
+    }
+
+    #[test]
+    fn creates_are_counted_per_username() {
+        let mut tenant = tenant_with(&[]);
+        assert!(tenant.set_user(SetUser::Create(create("ada"))).is_ok());
+        assert!(tenant.delete_user("ada").is_ok());
+        assert!(tenant.set_user(SetUser::Create(create("ada"))).is_ok());
+        assert!(tenant.set_user(SetUser::Create(create("bob"))).is_ok());
+        assert_eq!(tenant.calls.creates.get("ada"), Some(&2));
+        assert_eq!(tenant.calls.creates.get("bob"), Some(&1));
+        assert_eq!(tenant.calls.duplicate_creates(), 1);
     }
 
     #[test]

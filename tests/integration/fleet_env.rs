@@ -37,6 +37,8 @@ pub struct FleetEnv {
 pub struct FleetOptions {
     pub tenants: usize,
     pub amqp_url: Option<String>,
+    /// Redis (the machine's when `None`), e.g. a private instance a test restarts.
+    pub redis_url: Option<String>,
     pub lock_ttl: &'static str,
     pub prefetch: u16,
     pub concurrency: usize,
@@ -54,6 +56,7 @@ impl Default for FleetOptions {
         Self {
             tenants: 3,
             amqp_url: None,
+            redis_url: None,
             lock_ttl: "3s",
             prefetch: 2,
             concurrency: 4,
@@ -172,7 +175,7 @@ progress_every = 10
 "#,
             work = dir.path().display(),
             registry = registry_path.display(),
-            redis_url = harness::redis_url(),
+            redis_url = opts.redis_url.clone().unwrap_or_else(harness::redis_url),
             prefetch = opts.prefetch,
             lock_ttl = opts.lock_ttl,
             drain = opts.drain_timeout,
