@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline deploy-check image otlp-dump
+.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline deploy-check image otlp-dump chaos chaos-long
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -10,6 +10,12 @@ demo: ## the main job locally: stack up, the demo tenant imported end to end
 
 test: ## the whole test suite (services, fmt, clippy, tests) - what CI runs
 	scripts/test.sh
+
+chaos: ## fault trials with figures, short (~3 min; in CI): kills, stops, storms, restarts; see docs/reliability.md
+	scripts/chaos.sh --short
+
+chaos-long: ## the long fault run (~10-15 min) whose figures docs/reliability.md records
+	scripts/chaos.sh --long
 
 stack-up: ## start the local stack (RabbitMQ, Redis, vsftpd FTPS, SMTP sink, platform fake)
 	scripts/stack.sh up

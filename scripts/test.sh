@@ -17,4 +17,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== chaos (short fault trials, docs/reliability.md)" && scripts/chaos.sh --short
 echo "== deploy check (manifests, Dockerfile)" && scripts/deploy-check.sh

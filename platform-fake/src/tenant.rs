@@ -277,7 +277,11 @@ mod tests {
         let again = tenant.set_user(SetUser::Create(create("ada")));
         assert!(matches!(again, Err(Rejection::Conflict(_))));
         assert_eq!(tenant.calls.create_conflicts, 1);
-        assert_eq!(tenant.calls.duplicate_creates(), 0, "a seeded user is not a create");
+        assert_eq!(
+            tenant.calls.duplicate_creates(),
+            0,
+            "a seeded user is not a create"
+        );
     }
 
     #[test]

@@ -449,3 +449,76 @@ async fn after_a_broker_restart_mid_run_the_scheduler_and_workers_recover_and_th
         "nothing was dead-lettered by the restart: {events:#?}"
     );
 }
+
+/// A worker frozen (SIGSTOP) while its requests are in flight, for longer than both its lock's
+/// TTL and the HTTP request timeout, resumes with expired timers: its renewer has not yet looked,
+/// and its timed-out requests are due for a retry. Neither may reach the platform: the lease says
+/// the lock is gone, and the client asks before every attempt. The job is handed back and
+/// completed later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        lock_ttl: "2s",
+        prefetch: 1,
+        concurrency: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("z", 12).as_bytes());
+    let domain = env.domain(0);
+    env.fake.set_faults(Faults {
+        latency_ms: 1500,
+        ..Faults::default()
+    });
+    let mut proc = env.spawn_worker_process();
+    let job = env.publish_job(env.tenant(0), Utc::now()).await;
+    eventually(Duration::from_secs(60), "a write in flight", || {
+        env.fake.calls(&domain).get("SetUser") >= 1
+    })
+    .await;
+    let pid = proc.id().unwrap_or_else(|| panic!("no pid")).to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {sig}");
+    };
+    signal("-STOP");
+    // Past the lock TTL (2 s) and the request timeout (5 s); the fake answers meanwhile.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let calls_at_resume = env.fake.calls(&domain).total();
+    signal("-CONT");
+    let log_of_job = || {
+        let log = env.accounts[0]
+            .read("log/user-import.log")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(&job.job_id.to_string()))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(30), "the stale run to stop", || {
+        log_of_job()
+            .iter()
+            .any(|l| l.contains("end: failed, will be retried (cancelled)"))
+    })
+    .await;
+    // The hand-back waits a retry delay (1 s) before the job runs again.
+    assert_eq!(
+        env.fake.calls(&domain).total(),
+        calls_at_resume,
+        "no request from the resumed worker before its job stopped"
+    );
+    env.fake.set_faults(Faults::default());
+    eventually(Duration::from_secs(60), "the job to complete", || {
+        log_of_job().iter().any(|l| l.contains("end: imported"))
+    })
+    .await;
+    assert_eq!(env.fake.users(&domain).len(), 12, "every user, once");
+    assert_eq!(env.fake.calls(&domain).duplicate_creates(), 0);
+    proc.start_kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = proc.wait().await;
+    env.cleanup().await;
+}

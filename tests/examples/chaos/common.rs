@@ -28,10 +28,7 @@ pub fn spawn_worker(env: &FleetEnv) -> Result<(tokio::process::Child, u32)> {
 
 /// Remembers a process this run started, to be killed when the run ends.
 pub fn track(pid: u32) {
-    STARTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(pid);
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
 }
 
 /// SIGKILLs every worker process this run started that is still there.

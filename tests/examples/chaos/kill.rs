@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use crate::Plan;
 use crate::common::{
     self, Events, dead_letters, job_lines, missing_users, queued, spawn_worker, tenant_log,
-    users_csv, usernames,
+    usernames, users_csv,
 };
 use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::table::Row;
@@ -87,8 +87,10 @@ pub async fn run(plan: Plan, mut rng: StdRng) -> Result<Row> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let targets: BTreeMap<String, usize> =
-        by_target.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let targets: BTreeMap<String, usize> = by_target
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     row.notes = format!(
         "{} workers killed; aimed at: {}; last stage in the log at the kill: {}; {after_end} \
          kills landed after the job had ended (it was not run again){}",
@@ -141,7 +143,10 @@ async fn lane_trials(
         let window = if window == 0 { import_window } else { window };
         let tag = format!("k{lane}n{i}u");
         let names = usernames(&tag, plan.users);
-        account.put("uploads/user-import.csv", users_csv(&tag, plan.users).as_bytes());
+        account.put(
+            "uploads/user-import.csv",
+            users_csv(&tag, plan.users).as_bytes(),
+        );
 
         let (mut victim, _pid) = spawn_worker(env)?;
         let job = env.publish_job(&tenant, Utc::now()).await;
@@ -184,7 +189,10 @@ async fn lane_trials(
         // `None`: lost (it neither completed nor was dead-lettered); `Some(None)`: completed by
         // the killed worker before the kill.
         let settled = if ended_before_kill {
-            match events.wait_settled(&job.job_id, Duration::from_secs(10)).await {
+            match events
+                .wait_settled(&job.job_id, Duration::from_secs(10))
+                .await
+            {
                 Ok(e) => Some(Some(e)),
                 Err(_) if queued(env).await? == 0 => {
                     out.after_end += 1;

@@ -96,7 +96,14 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 6] = ["sigkill", "sigstop", "api-storm", "scheduler", "redis", "rabbitmq"];
+const TRIALS: [&str; 6] = [
+    "sigkill",
+    "sigstop",
+    "api-storm",
+    "scheduler",
+    "redis",
+    "rabbitmq",
+];
 
 fn parse_args() -> Result<Args, String> {
     let mut plan = Plan::short();
@@ -177,7 +184,11 @@ async fn run(args: Args) -> i32 {
     );
     // Built before the clock starts: cargo builds the worker binary once.
     let _ = tenant_env::worker_binary();
-    let wanted = |name: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|t| t == name));
+    let wanted = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|t| t == name))
+    };
     let trials = async {
         let mut rows = Vec::new();
         let mut seed = args.seed;

@@ -15,7 +15,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::Plan;
-use crate::common::{self, Events, missing_users, users_csv, usernames};
+use crate::common::{self, Events, missing_users, usernames, users_csv};
 use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::harness;
 use crate::table::Row;
@@ -65,7 +65,10 @@ impl PrivateRedis {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
             {
                 return Ok(());
             }
@@ -179,13 +182,17 @@ async fn interrupted_job(
         .iter()
         .filter(|u| env.fake.user(&domain, u).is_some())
         .count();
-    common::until(Duration::from_secs(60), "the import to be under way", || {
-        names
-            .iter()
-            .filter(|u| env.fake.user(&domain, u).is_some())
-            .count()
-            >= before + 3
-    })
+    common::until(
+        Duration::from_secs(60),
+        "the import to be under way",
+        || {
+            names
+                .iter()
+                .filter(|u| env.fake.user(&domain, u).is_some())
+                .count()
+                >= before + 3
+        },
+    )
     .await?;
     restart().await?;
     let back = Utc::now();
@@ -195,7 +202,10 @@ async fn interrupted_job(
     row.jobs += 2;
     let mut outcomes = Vec::new();
     for j in [&job, &fresh] {
-        match events.wait_settled(&j.job_id, Duration::from_secs(120)).await {
+        match events
+            .wait_settled(&j.job_id, Duration::from_secs(120))
+            .await
+        {
             Ok(e) if e.disposition == "dead-lettered" => {
                 row.dead_lettered += 1;
                 outcomes.push(format!("dead-lettered ({})", e.reason));
@@ -204,8 +214,7 @@ async fn interrupted_job(
                 if j.job_id == job.job_id
                     && let Some(end) = e.ended
                 {
-                    row.recovery
-                        .push((end - back).to_std().unwrap_or_default());
+                    row.recovery.push((end - back).to_std().unwrap_or_default());
                 }
                 outcomes.push(e.disposition.to_owned());
             }

@@ -254,7 +254,8 @@ async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology)
 }
 
 async fn cleanup(world: &World, topology: &Topology) {
-    if let Ok(conn) = Connection::connect(&harness::amqp_url(), ConnectionProperties::default()).await
+    if let Ok(conn) =
+        Connection::connect(&harness::amqp_url(), ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
         for q in [&topology.queue, &topology.dead_queue] {

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 
 use crate::Plan;
 use crate::common::{
-    self, Events, job_lines, missing_users, signal, spawn_worker, tenant_log, users_csv, usernames,
+    self, Events, job_lines, missing_users, signal, spawn_worker, tenant_log, usernames, users_csv,
 };
 use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::table::Row;
@@ -50,6 +50,7 @@ async fn trials(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
     let users = plan.users.max(40);
     let mut stale_writes = Vec::new();
     let mut noticed = 0;
+    let mut stop_lengths: Vec<f64> = Vec::new();
     for i in 0..plan.stops {
         let tag = format!("s{i}u");
         let names = usernames(&tag, users);
@@ -57,12 +58,21 @@ async fn trials(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
         let (mut victim, pid) = spawn_worker(env)?;
         let job = env.publish_job(&tenant, Utc::now()).await;
         row.jobs += 1;
-        common::until(Duration::from_secs(60), "the import to be under way", || {
-            env.fake.users(&domain).len() >= 3
-        })
+        common::until(
+            Duration::from_secs(60),
+            "the import to be under way",
+            || {
+                names
+                    .iter()
+                    .filter(|u| env.fake.user(&domain, u).is_some())
+                    .count()
+                    >= 3
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         signal(pid, "STOP")?;
+        let stopped = Instant::now();
         row.faults += 1;
         row.runs += 1;
         // Past the TTL: the lock expires while the worker cannot renew it.
@@ -85,19 +95,16 @@ async fn trials(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
 
         let writes_at_resume = env.fake.calls(&domain).writes();
         let resumed = Instant::now();
+        stop_lengths.push(stopped.elapsed().as_secs_f64());
         signal(pid, "CONT")?;
         // The stale run stops (its log says it will be retried), then the job runs again and
         // finds the file already processed.
-        let settled = common::until(
-            Duration::from_secs(60),
-            "the resumed job to settle",
-            || {
-                events.settled(&job.job_id).is_some()
-                    || job_lines(&tenant_log(account), &job.job_id)
-                        .iter()
-                        .any(|l| l.contains("end: skipped") || l.contains("end: imported"))
-            },
-        )
+        let settled = common::until(Duration::from_secs(60), "the resumed job to settle", || {
+            events.settled(&job.job_id).is_some()
+                || job_lines(&tenant_log(account), &job.job_id)
+                    .iter()
+                    .any(|l| l.contains("end: skipped") || l.contains("end: imported"))
+        })
         .await;
         if settled.is_err() {
             row.lost += 1;
@@ -119,10 +126,12 @@ async fn trials(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
     }
     row.duplicate_creates = env.fake.calls(&domain).duplicate_creates();
     row.notes = format!(
-        "workers stopped {:?} (lock TTL {LOCK_TTL:?}) mid-import, another worker took the tenant \
-         meanwhile; resumed workers that logged the lost lock and handed the job back: {noticed}/{}; \
-         API writes by a resumed worker before its job settled: {stale_writes:?}",
-        LOCK_TTL + Duration::from_secs(1),
+        "workers stopped mid-import for {:.1}-{:.1} s (lock TTL {LOCK_TTL:?}, request timeout 5 s) \
+         while another worker took the tenant; resumed workers that stopped their job and handed \
+         it back: {noticed}/{}; API writes by a resumed worker before its job settled: \
+         {stale_writes:?}",
+        stop_lengths.iter().copied().fold(f64::INFINITY, f64::min),
+        stop_lengths.iter().copied().fold(0.0, f64::max),
         row.runs
     );
     Ok(row)

@@ -12,7 +12,7 @@ use platform_fake::Faults;
 use rand::rngs::StdRng;
 
 use crate::Plan;
-use crate::common::{Events, missing_users, users_csv, usernames};
+use crate::common::{Events, missing_users, usernames, users_csv};
 use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::table::Row;
 
@@ -77,7 +77,10 @@ async fn storms(env: &FleetEnv, plan: Plan) -> Result<Vec<Row>> {
         let published_at_first = Utc::now();
         for (i, account) in env.accounts.iter().enumerate() {
             let tag = format!("a{round}t{i}u");
-            account.put("uploads/user-import.csv", users_csv(&tag, plan.users).as_bytes());
+            account.put(
+                "uploads/user-import.csv",
+                users_csv(&tag, plan.users).as_bytes(),
+            );
             names.push(usernames(&tag, plan.users));
             jobs.push(env.publish_job(env.tenant(i), Utc::now()).await);
         }
@@ -96,7 +99,11 @@ async fn storms(env: &FleetEnv, plan: Plan) -> Result<Vec<Row>> {
             }
             if bursts {
                 let on = (started.elapsed().as_millis() / 700) % 2 == 0;
-                env.fake.set_faults(if on { faults.clone() } else { Faults::default() });
+                env.fake.set_faults(if on {
+                    faults.clone()
+                } else {
+                    Faults::default()
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

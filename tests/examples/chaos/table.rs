@@ -120,7 +120,11 @@ pub fn render(rows: &[Row]) -> String {
                 r.duplicate_creates.to_string(),
                 r.missing_users.to_string(),
                 recovery(&r.recovery),
-                if r.passed() { "ok".into() } else { "FAIL".into() },
+                if r.passed() {
+                    "ok".into()
+                } else {
+                    "FAIL".into()
+                },
             ]
         })
         .collect();

@@ -4,7 +4,15 @@
 //! runs can always be told apart. When a renewal finds the lock gone or taken, or renewals have
 //! failed for a whole TTL, the guard's `lost` token fires and the job stops before its next side
 //! effect.
+//!
+//! The renewer only looks every third of the TTL, so it cannot be the only guard: a worker that
+//! was frozen (SIGSTOP, a paused VM, a long GC-like stall) past the TTL resumes with its requests
+//! in flight and would send its next write before the renewer runs. So the guard also keeps a
+//! [`Lease`]: the instant until which the lock is known to be ours (the last successful SET or
+//! renewal, as sent, plus four fifths of the TTL), checked locally, without a round trip, before
+//! every side effect.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -50,7 +58,43 @@ pub struct LockGuard {
     token: String,
     pub fence: u64,
     lost: CancellationToken,
+    lease: Lease,
     renewer: tokio::task::JoinHandle<()>,
+}
+
+/// Until when a lock is known to be ours, by this process's monotonic clock (which keeps running
+/// while the process is stopped). Cheap to clone and to check.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    until: Arc<Mutex<tokio::time::Instant>>,
+    ttl: Duration,
+}
+
+impl Lease {
+    /// A lease for a lock whose SET (or renewal) was sent at `sent` with `ttl`.
+    pub fn new(sent: tokio::time::Instant, ttl: Duration) -> Self {
+        Self {
+            until: Arc::new(Mutex::new(sent + Self::span(ttl))),
+            ttl,
+        }
+    }
+
+    /// Four fifths of the TTL: the lock may expire in Redis no sooner than a TTL after the
+    /// command was sent; the rest is room for a write sent just before the end to land in time.
+    fn span(ttl: Duration) -> Duration {
+        ttl - ttl / 5
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    fn renewed(&self, sent: tokio::time::Instant) {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        *until = (*until).max(sent + Self::span(self.ttl));
+    }
+
+    /// Whether the lock is still known to be ours now.
+    pub fn valid(&self) -> bool {
+        tokio::time::Instant::now() < *self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Locks {
@@ -74,6 +118,7 @@ impl Locks {
             hex::encode(bytes)
         };
         let mut conn = self.conn.clone();
+        let sent = tokio::time::Instant::now();
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(&token)
@@ -90,11 +135,12 @@ impl Locks {
             .query_async(&mut conn)
             .await?;
         let lost = CancellationToken::new();
+        let lease = Lease::new(sent, self.ttl);
         let renewer = tokio::spawn(renew(
             self.conn.clone(),
             key.clone(),
             token.clone(),
-            self.ttl,
+            lease.clone(),
             lost.clone(),
         ));
         Ok(Some(LockGuard {
@@ -103,6 +149,7 @@ impl Locks {
             token,
             fence,
             lost,
+            lease,
             renewer,
         }))
     }
@@ -112,6 +159,11 @@ impl LockGuard {
     /// Fires when the lock is no longer ours.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
+    }
+
+    /// Until when the lock is known to be ours (see [`Lease`]).
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
     }
 
     /// Stops renewing and deletes the key if it still holds our token. True if it did.
@@ -137,14 +189,16 @@ async fn renew(
     mut conn: ConnectionManager,
     key: String,
     token: String,
-    ttl: Duration,
+    lease: Lease,
     lost: CancellationToken,
 ) {
+    let ttl = lease.ttl;
     let every = ttl / 3;
     let mut last_ok = tokio::time::Instant::now();
     let script = redis::Script::new(RENEW);
     loop {
         tokio::time::sleep(every).await;
+        let sent = tokio::time::Instant::now();
         let renewed: Result<i64, _> = script
             .key(&key)
             .arg(&token)
@@ -152,7 +206,10 @@ async fn renew(
             .invoke_async(&mut conn)
             .await;
         match renewed {
-            Ok(1) => last_ok = tokio::time::Instant::now(),
+            Ok(1) => {
+                last_ok = sent;
+                lease.renewed(sent);
+            }
             Ok(_) => {
                 tracing::warn!(key, "the tenant lock was lost (expired or taken)");
                 lost.cancel();
@@ -167,5 +224,42 @@ async fn renew(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lease;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_runs_out_before_the_lock_can_expire_and_a_renewal_extends_it() {
+        let ttl = Duration::from_secs(10);
+        let lease = Lease::new(tokio::time::Instant::now(), ttl);
+        assert!(lease.valid());
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(lease.valid(), "7 s into a 10 s lock");
+        lease.renewed(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(lease.valid(), "renewed at 7 s: good until 15 s");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(
+            !lease.valid(),
+            "past four fifths of the TTL after the last renewal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_renewal_never_shortens_a_lease() {
+        let ttl = Duration::from_secs(10);
+        let start = tokio::time::Instant::now();
+        let lease = Lease::new(start, ttl);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        lease.renewed(tokio::time::Instant::now());
+        lease.renewed(start);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(lease.valid(), "at 12 s: good until 13 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!lease.valid(), "at 13 s");
     }
 }

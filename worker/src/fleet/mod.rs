@@ -361,6 +361,7 @@ async fn handle(
         trigger: job.trigger,
         cancel,
         fence: Some(guard.fence),
+        lease: Some(guard.lease()),
     };
     let result = process_job(deps, &job.tenant, ctx).await;
     event.ended = Some(Utc::now());

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
+use crate::import::StopCheck;
 use crate::import::row::{RowInput, StateChange};
 use crate::platform::model::{UserRecord, WriteResult};
 use crate::platform::{ApiError, PlatformClient};
@@ -78,11 +79,11 @@ pub struct ApplyContext<'a> {
     /// Mandatory profile fields a new user must have: (key, label).
     pub mandatory: &'a [(String, String)],
     /// Checked before every write.
-    pub cancel: &'a tokio_util::sync::CancellationToken,
+    pub cancel: &'a dyn StopCheck,
 }
 
 pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, Stop> {
-    if ctx.cancel.is_cancelled() {
+    if ctx.cancel.should_stop() {
         return Err(Stop::Cancelled);
     }
     let mut steps: Vec<&'static str> = Vec::new();
@@ -126,6 +127,7 @@ impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Credentials(code) => Failure::Credentials(code),
+            ApiError::Stopped => Failure::Cancelled,
             ApiError::NotFound => Failure::Failed("the user no longer exists".into()),
             other => Failure::Failed(other.to_string()),
         }
@@ -207,7 +209,7 @@ async fn run(
 
 /// Stops before a write once the job is cancelled.
 fn guard(ctx: &ApplyContext<'_>) -> Result<(), Failure> {
-    if ctx.cancel.is_cancelled() {
+    if ctx.cancel.should_stop() {
         Err(Failure::Cancelled)
     } else {
         Ok(())

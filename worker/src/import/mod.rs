@@ -72,6 +72,20 @@ pub struct ImportParams {
 
 const FIRST_PROBLEMS: usize = 50;
 
+/// Asked before every write: once it says stop, the import sends nothing more and ends as
+/// [`ImportError::Cancelled`]. A plain token for callers without a lock; the pipeline's
+/// `JobContext` also says stop once its tenant lock's lease has run out, which it knows without
+/// asking Redis (see `fleet::lock::Lease`).
+pub trait StopCheck: std::fmt::Debug + Send + Sync {
+    fn should_stop(&self) -> bool;
+}
+
+impl StopCheck for CancellationToken {
+    fn should_stop(&self) -> bool {
+        self.is_cancelled()
+    }
+}
+
 /// Runs the import of `file`. Progress lines are sent to `progress` (the tenant log).
 pub async fn run(
     file: &Path,
@@ -79,10 +93,11 @@ pub async fn run(
     client: &PlatformClient,
     params: &ImportParams,
     progress: &mpsc::UnboundedSender<String>,
-    cancel: &CancellationToken,
+    cancel: &dyn StopCheck,
 ) -> Result<ImportSummary, ImportError> {
     let fields = client.profile_fields().await.map_err(|e| match e {
         ApiError::Credentials(code) => ImportError::Credentials(code),
+        ApiError::Stopped => ImportError::Cancelled,
         other => ImportError::Api(other),
     })?;
     // Decode to UTF-8 first (a sibling temp file, removed when this function returns).

@@ -22,8 +22,9 @@ use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::email::Mailer;
+use crate::fleet::lock::Lease;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
-use crate::import::{ImportError, ImportParams};
+use crate::import::{ImportError, ImportParams, StopCheck};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
@@ -86,6 +87,10 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The lock's fencing number, when the job runs under a lock; written to the tenant log.
     pub fence: Option<u64>,
+    /// Until when the tenant lock is known to be ours, when the job runs under a lock: once it
+    /// has run out the job stops before its next side effect, even if no renewal has told it yet
+    /// (a worker resumed after being frozen past the lock's TTL).
+    pub lease: Option<Lease>,
 }
 
 impl JobContext {
@@ -96,15 +101,32 @@ impl JobContext {
             trigger: Trigger::Manual,
             cancel: CancellationToken::new(),
             fence: None,
+            lease: None,
         }
     }
 
     fn check(&self) -> Result<(), JobError> {
-        if self.cancel.is_cancelled() {
+        if self.should_stop() {
             Err(Retryable::Cancelled.into())
         } else {
             Ok(())
         }
+    }
+}
+
+impl StopCheck for JobContext {
+    /// Cancelled, or the lease ran out (which cancels the job, so everything watching the token
+    /// stops too).
+    fn should_stop(&self) -> bool {
+        if self.cancel.is_cancelled() {
+            return true;
+        }
+        if self.lease.as_ref().is_some_and(|l| !l.valid()) {
+            tracing::warn!("the tenant lock's lease ran out: stopping the job");
+            self.cancel.cancel();
+            return true;
+        }
+        false
     }
 }
 
@@ -267,7 +289,8 @@ async fn stages(
         key.clone(),
         &settings.platform,
         concurrency,
-    );
+    )
+    .with_stop(Arc::new(job.clone()));
     let params = ImportParams {
         options: tenant.import.clone(),
         concurrency,
@@ -307,7 +330,7 @@ async fn stages(
                 &client,
                 &params,
                 &progress,
-                &job.cancel,
+                job,
             )
             .instrument(span.clone()),
         )
@@ -436,5 +459,30 @@ fn ftps_error(e: FtpsError) -> JobError {
         .into(),
         FtpsError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
         other => Retryable::Ftps(other.to_string()).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{JobContext, StopCheck};
+    use crate::fleet::lock::Lease;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_whose_lock_lease_ran_out_stops_and_cancels_its_token() {
+        let mut job = JobContext::manual(uuid::Uuid::new_v4());
+        job.lease = Some(Lease::new(
+            tokio::time::Instant::now(),
+            Duration::from_secs(5),
+        ));
+        assert!(!job.should_stop());
+        assert!(job.check().is_ok());
+        // Frozen past the TTL: no renewal ran, nothing cancelled the token.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!job.cancel.is_cancelled());
+        assert!(job.should_stop());
+        assert!(job.check().is_err());
+        assert!(job.cancel.is_cancelled(), "the watchers see it too");
     }
 }

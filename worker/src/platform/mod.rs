@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use shared::ApiKey;
 use shared::registry::Tenant;
 use shared::settings::PlatformSettings;
+
+use crate::import::StopCheck;
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -38,6 +40,9 @@ pub enum ApiError {
     Exhausted { attempts: u32, last: String },
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The job was told to stop (see [`PlatformClient::with_stop`]): no request was sent.
+    #[error("stopped before sending: the job was cancelled")]
+    Stopped,
 }
 
 /// Counters of what the API did to us, for the job result and metrics.
@@ -72,6 +77,7 @@ pub struct PlatformClient {
     poll_interval: Duration,
     status_timeout: Duration,
     stats: Arc<ApiStats>,
+    stop: Option<Arc<dyn StopCheck>>,
 }
 
 impl std::fmt::Debug for PlatformClient {
@@ -119,7 +125,16 @@ impl PlatformClient {
             poll_interval: settings.status_poll_interval,
             status_timeout: settings.status_timeout,
             stats: Arc::new(ApiStats::default()),
+            stop: None,
         }
+    }
+
+    /// Asks `stop` before every attempt of every request, retries included, once the request
+    /// holds its concurrency permit: the last moment before bytes leave. A job whose tenant lock
+    /// ran out while it waited (a backoff, a permit, a frozen process) sends nothing more.
+    pub fn with_stop(mut self, stop: Arc<dyn StopCheck>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     pub fn stats(&self) -> &ApiStats {
@@ -279,6 +294,9 @@ impl PlatformClient {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::Protocol("request limiter closed".into()))?;
+                if self.stop.as_ref().is_some_and(|s| s.should_stop()) {
+                    return Err(ApiError::Stopped);
+                }
                 ApiStats::bump(&self.stats.requests);
                 let mut req = self
                     .http

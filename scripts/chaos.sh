@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# scripts/chaos.sh — fault trials against the real local stack, with a table of figures
+# (docs/reliability.md). Needs the machine's RabbitMQ and Redis (scripts/stack.sh up), vsftpd,
+# redis-server and rabbitmq-server installed. Stops by itself: --short within 5 min, --long
+# within 20 min. Exits 1 if anything was lost, ran twice at once or was created twice; 2 if the
+# run did not finish in time.
+#   scripts/chaos.sh [--short|--long] [--seed N] [--only sigkill,sigstop,api-storm,scheduler,redis,rabbitmq]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+cargo build --quiet --locked -p worker --bin worker
+cargo build --quiet --locked -p tests --example chaos
+exec "$ROOT/target/debug/examples/chaos" "$@"
