@@ -86,13 +86,23 @@ pub fn job_lines(log: &str, job: &uuid::Uuid) -> Vec<String> {
 }
 
 /// Polls `check` every 20 ms until it holds; an error after `timeout`.
-pub async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+pub async fn until(timeout: Duration, what: &str, check: impl FnMut() -> bool) -> Result<()> {
+    until_every(timeout, Duration::from_millis(20), what, check).await
+}
+
+/// Polls `check` every `every` until it holds; an error after `timeout`.
+pub async fn until_every(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check() {
         if tokio::time::Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
     Ok(())
 }

@@ -24,14 +24,37 @@ use crate::common::{
 use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::table::Row;
 
-/// A stage, the tenant-log line that says it has begun, and how long after that line a kill may
-/// land (random within the window).
-const STAGES: [(&str, &str, u64); 4] = [
-    ("fetch", "start:", 40),
-    ("hash", "file found:", 20),
-    ("import", "new version of the file", 0), // window: the import's expected length
-    ("report", "import done:", 60),
+/// A stage, the sign that it has begun, and how long after that sign a kill may land (random
+/// within the window, in ms). Signs are FTP commands in vsftpd's log (written as they arrive) or,
+/// for the import, the platform fake's first call of the job.
+const STAGES: [(&str, Sign, u64); 4] = [
+    ("fetch", Sign::Ftp("RETR /uploads/user-import.csv"), 10),
+    ("hash", Sign::Ftp("NLST /tmp"), 5),
+    ("import", Sign::Api, 0), // window: the import's expected length
+    ("report", Sign::Ftp("STOR /reports/"), 25),
 ];
+
+#[derive(Clone, Copy)]
+enum Sign {
+    Ftp(&'static str),
+    Api,
+}
+
+/// The FTP commands of `user` in vsftpd's log after byte `from`.
+fn ftp_commands(log: &std::path::Path, from: u64, user: &str) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(log)
+        && f.seek(SeekFrom::Start(from)).is_ok()
+    {
+        let _ = f.read_to_string(&mut text);
+    }
+    let tag = format!("[{user}] FTP command");
+    text.lines()
+        .filter(|l| l.contains(&tag))
+        .filter_map(|l| l.rsplit_once(", \"").map(|(_, c)| c.trim_end_matches('"').to_owned()))
+        .collect()
+}
 
 /// What one lane saw.
 #[derive(Default)]
@@ -106,6 +129,13 @@ pub async fn run(plan: Plan, mut rng: StdRng) -> Result<Row> {
     Ok(row)
 }
 
+fn redis_has(redis: &mut redis::Connection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(redis)
+        .is_ok_and(|n| n == 1)
+}
+
 async fn run_lane(plan: Plan, lane: usize, trials: usize, seed: u64) -> Result<Lane> {
     use rand::SeedableRng;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -113,6 +143,9 @@ async fn run_lane(plan: Plan, lane: usize, trials: usize, seed: u64) -> Result<L
         tenants: 1,
         lock_ttl: "2s",
         concurrency: 2,
+        // One delivery per worker at a time: the killed worker holds only the job it runs, so
+        // every other delivery is settled by the in-process worker, whose events are watched.
+        prefetch: 1,
         ..FleetOptions::default()
     })
     .await;
@@ -138,8 +171,11 @@ async fn lane_trials(
     let account = &env.accounts[0];
     let tenant = env.tenant(0).to_owned();
     let import_window = (plan.users as u64 * 2 * latency / 2).max(50);
+    let domain = env.domain(0);
+    let lock_key = format!("{}:lock:{tenant}", env.prefix);
+    let mut redis = redis::Client::open(crate::harness::redis_url())?.get_connection()?;
     for i in 0..trials {
-        let (stage, marker, window) = STAGES[i % STAGES.len()];
+        let (stage, sign, window) = STAGES[i % STAGES.len()];
         let window = if window == 0 { import_window } else { window };
         let tag = format!("k{lane}n{i}u");
         let names = usernames(&tag, plan.users);
@@ -148,24 +184,37 @@ async fn lane_trials(
             users_csv(&tag, plan.users).as_bytes(),
         );
 
+        let ftp_log = &crate::harness::ftps().await.log_file;
+        let from = std::fs::metadata(ftp_log).map(|m| m.len()).unwrap_or(0);
+        let api_before = env.fake.calls(&domain).total();
         let (mut victim, _pid) = spawn_worker(env)?;
         let job = env.publish_job(&tenant, Utc::now()).await;
         out.jobs += 1;
-        common::until(
+        // Once the killed worker holds the tenant, a second worker competes for the queue and a
+        // redundant job arrives for the tenant: it must be skipped, never run alongside.
+        common::until_every(
             Duration::from_secs(60),
-            &format!("the {stage} stage of job {}", job.job_id),
-            || {
-                job_lines(&tenant_log(account), &job.job_id)
-                    .iter()
-                    .any(|l| l.contains(marker))
-            },
+            Duration::from_millis(2),
+            "the tenant lock",
+            || redis_has(&mut redis, &lock_key),
         )
         .await?;
-        // A second worker competes from now on, and a redundant job arrives for the tenant.
         let (tx, mut events) = Events::new();
         let competitor = env.spawn_worker(&format!("w{lane}-{i}"), tx);
         let redundant = env.publish_job(&tenant, Utc::now()).await;
         out.jobs += 1;
+        common::until_every(
+            Duration::from_secs(60),
+            Duration::from_millis(2),
+            &format!("the {stage} stage of job {}", job.job_id),
+            || match sign {
+                Sign::Ftp(cmd) => ftp_commands(ftp_log, from, &tenant)
+                    .iter()
+                    .any(|c| c.starts_with(cmd)),
+                Sign::Api => env.fake.calls(&domain).total() > api_before,
+            },
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=window))).await;
         victim.start_kill().context("SIGKILL")?;
         let _ = victim.wait().await;
@@ -176,13 +225,23 @@ async fn lane_trials(
 
         let lines = job_lines(&tenant_log(account), &job.job_id);
         let ended_before_kill = lines.iter().any(|l| l.contains("end: imported"));
-        let reached = STAGES
-            .iter()
-            .rev()
-            .find(|(_, m, _)| lines.iter().any(|l| l.contains(m)))
-            .map(|(s, _, _)| *s)
-            .unwrap_or("before fetch");
-        let reached = if ended_before_kill { "ended" } else { reached };
+        let cmds = ftp_commands(ftp_log, from, &tenant);
+        let sent = |p: &str| cmds.iter().any(|c| c.starts_with(p));
+        let reached = if ended_before_kill {
+            "ended"
+        } else if sent("STOR /tmp/") {
+            "report (marker written)"
+        } else if sent("STOR /reports/") {
+            "report"
+        } else if env.fake.calls(&domain).total() > api_before {
+            "import"
+        } else if sent("NLST /tmp") {
+            "hash"
+        } else if sent("RETR /uploads/user-import.csv") {
+            "fetch"
+        } else {
+            "before fetch"
+        };
         *out.by_reached.entry(reached.to_owned()).or_default() += 1;
 
         // The killed job must come back and complete, unless it had completed before the kill.
@@ -209,7 +268,7 @@ async fn lane_trials(
         };
         let completed = match &settled {
             None => {
-                eprintln!("chaos: sigkill: job {} was lost", job.job_id);
+                eprintln!("chaos: sigkill: the killed job {} was lost", job.job_id);
                 out.lost += 1;
                 false
             }
@@ -237,7 +296,7 @@ async fn lane_trials(
             .await
             .is_err()
         {
-            eprintln!("chaos: sigkill: job {} was lost", redundant.job_id);
+            eprintln!("chaos: sigkill: the redundant job {} was lost", redundant.job_id);
             out.lost += 1;
         }
         // The competitor must not have run the tenant while the killed worker was alive (unless

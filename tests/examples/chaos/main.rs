@@ -217,15 +217,34 @@ async fn run(args: Args) -> i32 {
         }
         rows
     };
-    let rows = match tokio::time::timeout(plan.budget, trials).await {
-        Ok(rows) => rows,
-        Err(_) => {
-            eprintln!(
-                "chaos: FAILED: the run did not finish within its budget of {:?}; the workers it \
-                 started are killed",
-                plan.budget
-            );
-            return 2;
+    let interrupted = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => "SIGTERM",
+        }
+    };
+    let rows = tokio::select! {
+        rows = tokio::time::timeout(plan.budget, trials) => match rows {
+            Ok(rows) => rows,
+            Err(_) => {
+                eprintln!(
+                    "chaos: FAILED: the run did not finish within its budget of {:?}; the \
+                     workers it started are killed",
+                    plan.budget
+                );
+                return 2;
+            }
+        },
+        signal = interrupted => {
+            eprintln!("chaos: stopped by {signal}; the workers it started are killed");
+            return 130;
         }
     };
     println!();
