@@ -217,7 +217,7 @@ async fn sigterm_during_a_job_drains_releases_the_lock_and_exits_zero() {
         tenants: 1,
         concurrency: 2,
         drain_timeout: "2s",
-        lock_ttl: "30s",
+        lock_ttl: "10s",
         ..FleetOptions::default()
     })
     .await;
@@ -520,5 +520,136 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
     assert_eq!(env.fake.calls(&domain).duplicate_creates(), 0);
     proc.start_kill().unwrap_or_else(|e| panic!("{e}"));
     let _ = proc.wait().await;
+    env.cleanup().await;
+}
+
+/// Redis restarted without persistence loses every lock and fence counter while a job runs. A
+/// fresh job for the tenant then finds the tenant free at once, but the running job only learns
+/// at its next renewal. The new lock comes with a new fence counter (1), so its holder waits one
+/// TTL before starting: the two runs never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_redis_lost_its_locks_a_new_holder_starts_only_once_the_old_one_stopped() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        lock_ttl: "3s",
+        prefetch: 1,
+        concurrency: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("r", 40).as_bytes());
+    let domain = env.domain(0);
+    env.fake.set_faults(Faults {
+        latency_ms: 40,
+        ..Faults::default()
+    });
+    let mut redis = redis::Client::open(crate::harness::redis_url())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lock_key = format!("{}:lock:{}", env.prefix, env.tenant(0));
+    let fence_key = format!("{}:fence:{}", env.prefix, env.tenant(0));
+    // Not the tenant's first lock: the first job starts at once.
+    let _: () = redis::cmd("SET")
+        .arg(&fence_key)
+        .arg(41)
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = env.spawn_worker("a", tx.clone());
+    let b = env.spawn_worker("b", tx);
+    let first = env.publish_job(env.tenant(0), Utc::now()).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import to be under way",
+        || env.fake.users(&domain).len() >= 3,
+    )
+    .await;
+    // What an empty restart does to this tenant's keys.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lock_key)
+        .arg(&fence_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = env.publish_job(env.tenant(0), Utc::now()).await;
+    let (first_id, second_id) = (first.job_id.to_string(), second.job_id.to_string());
+    let events = collect_until(&mut rx, Duration::from_secs(120), |e| {
+        let done = |id: &str| {
+            e.iter().any(|e| {
+                e.job_id == id && ["imported", "already-processed"].contains(&e.disposition)
+            })
+        };
+        done(&first_id) && done(&second_id)
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let runs: Vec<_> = events
+        .iter()
+        .filter_map(|e| Some((e.job_id.as_str(), e.started?, e.ended?)))
+        .collect();
+    for (i, x) in runs.iter().enumerate() {
+        for y in &runs[i + 1..] {
+            assert!(
+                !(x.1 < y.2 && y.1 < x.2),
+                "two runs of the tenant overlapped: {x:?} and {y:?}"
+            );
+        }
+    }
+    assert!(
+        runs.iter().any(|r| r.0 == first_id) && runs.iter().any(|r| r.0 == second_id),
+        "both jobs ran: {events:#?}"
+    );
+    assert_eq!(env.fake.users(&domain).len(), 40);
+    assert_eq!(env.fake.calls(&domain).duplicate_creates(), 0);
+    env.cleanup().await;
+}
+
+/// A scheduler replica that dies between its publish and its commit leaves the tick to be
+/// published again by another once its claim expires: two jobs for one tick. The worker runs the
+/// first and drops the second as a duplicate, whenever it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tick_published_twice_runs_once() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    let tick = chrono::DateTime::parse_from_rfc3339("2031-03-01T10:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&Utc);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = env.spawn_worker("w", tx);
+    let first = env.publish_job(env.tenant(0), tick).await;
+    collect_until(&mut rx, Duration::from_secs(60), |e| {
+        e.iter().any(|e| e.job_id == first.job_id.to_string())
+    })
+    .await;
+    let again = env.publish_job(env.tenant(0), tick).await;
+    let next = env
+        .publish_job(env.tenant(0), tick + chrono::TimeDelta::minutes(1))
+        .await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        [&again, &next]
+            .iter()
+            .all(|j| e.iter().any(|e| e.job_id == j.job_id.to_string()))
+    })
+    .await;
+    worker.shutdown().await;
+    let of = |j: &shared::job::JobV1| {
+        events
+            .iter()
+            .find(|e| e.job_id == j.job_id.to_string())
+            .map(|e| e.disposition)
+    };
+    assert_eq!(of(&again), Some("duplicate"), "{events:#?}");
+    assert_eq!(
+        of(&next),
+        Some("no-file"),
+        "the next tick runs: {events:#?}"
+    );
     env.cleanup().await;
 }

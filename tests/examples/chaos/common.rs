@@ -114,7 +114,13 @@ pub struct Events {
 }
 
 /// Dispositions after which a job is done for good (or was redundant).
-pub const TERMINAL: [&str; 4] = ["imported", "already-processed", "no-file", "skipped-busy"];
+pub const TERMINAL: [&str; 5] = [
+    "imported",
+    "already-processed",
+    "no-file",
+    "skipped-busy",
+    "duplicate",
+];
 
 impl Events {
     pub fn new() -> (mpsc::UnboundedSender<JobEvent>, Self) {

@@ -52,7 +52,10 @@ fn ftp_commands(log: &std::path::Path, from: u64, user: &str) -> Vec<String> {
     let tag = format!("[{user}] FTP command");
     text.lines()
         .filter(|l| l.contains(&tag))
-        .filter_map(|l| l.rsplit_once(", \"").map(|(_, c)| c.trim_end_matches('"').to_owned()))
+        .filter_map(|l| {
+            l.rsplit_once(", \"")
+                .map(|(_, c)| c.trim_end_matches('"').to_owned())
+        })
         .collect()
 }
 
@@ -296,7 +299,10 @@ async fn lane_trials(
             .await
             .is_err()
         {
-            eprintln!("chaos: sigkill: the redundant job {} was lost", redundant.job_id);
+            eprintln!(
+                "chaos: sigkill: the redundant job {} was lost",
+                redundant.job_id
+            );
             out.lost += 1;
         }
         // The competitor must not have run the tenant while the killed worker was alive (unless

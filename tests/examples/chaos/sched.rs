@@ -4,128 +4,86 @@
 //! replaced by a new one) with some probability; during a tick, one replica may crash mid-poll
 //! (its task aborted at a random point, leaving whatever claim it held to expire) and is then
 //! replaced. Replicas poll each tick again until every tenant's tick is recorded, as the real loop
-//! would. Evidence: the queue, drained at the end, holds exactly one job per tenant per tick.
+//! would. Two in-process workers consume the jobs (the tenants have no file: each run ends
+//! `no-file`). Evidence: the workers' job events show exactly one job accepted per tenant per tick
+//! (run, or skipped as busy while the previous tick's run was still going); a tick published twice
+//! (a replica that died between its publish and its commit) is dropped by the worker as a
+//! `duplicate`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
 use rand::Rng;
 use rand::rngs::StdRng;
 use scheduler::chrono::{DateTime, TimeDelta, Utc};
 use scheduler::{Options, Scheduler};
-use shared::amqp::Topology;
 use shared::health::Health;
-use shared::job::JobMessage;
 use shared::registry::Registry;
-use shared::secret::Secret;
-use shared::settings::Settings;
 
 use crate::Plan;
-use crate::harness;
+use crate::common::{Events, queued};
+use crate::fleet_env::{FleetEnv, FleetOptions};
 use crate::table::Row;
 
 const TENANTS: usize = 5;
+/// The dispositions of a tick's job that a worker accepted as that tick's: it ran, or it found
+/// the tenant busy with the previous tick's run (simulated ticks come milliseconds apart, not a
+/// minute) and was skipped as redundant. A `duplicate` is a second job for a tick, dropped.
+const ACCEPTED: [&str; 4] = ["no-file", "imported", "already-processed", "skipped-busy"];
 const REPLICAS: usize = 3;
-const REGION: &str = "eu";
 
-struct World {
-    options: Options,
-    registry: std::path::PathBuf,
-    tenants: Vec<String>,
-    redis: redis::aio::MultiplexedConnection,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    async fn replica(&self) -> Result<Arc<Scheduler>> {
-        let s = Arc::new(Scheduler::new(
-            self.options.clone(),
-            &Secret::new(harness::amqp_url()),
-            &Secret::new(harness::redis_url()),
-            Registry::load(&self.registry)?,
-            Arc::new(Health::default()),
-        )?);
-        tokio::time::timeout(Duration::from_secs(20), s.connect())
-            .await
-            .context("scheduler connect timed out")??;
-        Ok(s)
-    }
-
-    async fn last(&self, tenant: &str) -> Result<Option<i64>> {
-        let mut con = self.redis.clone();
-        let v: Option<String> = redis::cmd("GET")
-            .arg(format!("{}:sched:{tenant}:last", self.options.key_prefix))
-            .query_async(&mut con)
-            .await?;
-        Ok(v.and_then(|v| v.parse().ok()))
-    }
+async fn replica(env: &FleetEnv, options: &Options) -> Result<Arc<Scheduler>> {
+    let settings = env.settings();
+    let s = Arc::new(Scheduler::new(
+        options.clone(),
+        &settings.amqp.url,
+        &settings.redis.url,
+        Registry::load(&settings.registry.file)?,
+        Arc::new(Health::default()),
+    )?);
+    tokio::time::timeout(Duration::from_secs(20), s.connect())
+        .await
+        .context("scheduler connect timed out")??;
+    Ok(s)
 }
 
 pub async fn run(plan: Plan, mut rng: StdRng) -> Result<Row> {
-    let exchange = harness::unique("chaos-sx");
-    let prefix = harness::unique("chaos-sk");
-    let dir = tempfile::tempdir()?;
-    let registry = dir.path().join("tenants.toml");
-    let mut tenants = Vec::new();
-    let mut text = String::new();
-    for _ in 0..TENANTS {
-        let name = harness::unique("chaos-s");
-        text.push_str(&format!(
-            r#"
-[[tenant]]
-name = "{name}"
-region = "{REGION}"
-portal_domain = "{name}.learning-admin.com"
-api_base_url = "https://api.learning-admin.com/{REGION}"
-ftps_host = "ftp-{REGION}.learning-admin.com"
-admin = {{ username = "admin", email = "admin@{name}.example" }}
-schedule = "* * * * *"
-"#
-        ));
-        tenants.push(name);
-    }
-    std::fs::write(&registry, text)?;
-    let mut settings = Settings::default();
-    settings.amqp.exchange = exchange.clone();
-    settings.amqp.retry_delays = Vec::new();
-    settings.redis.key_prefix = prefix.clone();
-    settings.scheduler.regions = vec![REGION.into()];
-    settings.scheduler.catch_up_window = Duration::from_secs(24 * 3600);
-    let mut options = Options::from_settings(&settings)?;
-    options.publish_timeout = Duration::from_secs(1);
-    options.redis_timeout = Duration::from_millis(500);
-    options.claim_ttl = Duration::from_millis(2500);
-    let redis = redis::Client::open(harness::redis_url())?
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to Redis")?;
-    let world = World {
-        options,
-        registry,
-        tenants,
-        redis,
-        _dir: dir,
-    };
-    let topology = Topology::new(
-        &exchange,
-        REGION,
-        world.options.delivery_limit,
-        &world.options.retry_delays,
-    );
-    let result = ticks(&world, plan, &mut rng, &topology).await;
-    cleanup(&world, &topology).await;
+    let env = FleetEnv::new(FleetOptions {
+        tenants: TENANTS,
+        schedule: Some("* * * * *"),
+        lock_ttl: "1s",
+        ..FleetOptions::default()
+    })
+    .await;
+    let result = ticks(&env, plan, &mut rng).await;
+    env.cleanup().await;
     result
 }
 
-async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology) -> Result<Row> {
+async fn ticks(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
     let mut row = Row::new("scheduler-replicas");
+    let settings = env.settings();
+    let mut options = Options::from_settings(&settings)?;
+    options.catch_up_window = Duration::from_secs(24 * 3600);
+    options.publish_timeout = Duration::from_secs(1);
+    options.redis_timeout = Duration::from_millis(500);
+    options.claim_ttl = Duration::from_millis(2500);
+    let mut redis = redis::Client::open(crate::harness::redis_url())?
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to Redis")?;
+    let tenants: Vec<String> = (0..TENANTS).map(|i| env.tenant(i).to_owned()).collect();
+
+    let (tx, mut events) = Events::new();
+    let workers = [
+        env.spawn_worker("sched-a", tx.clone()),
+        env.spawn_worker("sched-b", tx),
+    ];
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
-        replicas.push(world.replica().await?);
+        replicas.push(replica(env, &options).await?);
     }
     let base: DateTime<Utc> = "2031-01-01T00:00:00Z".parse()?;
     let (mut restarts, mut crashes) = (0u64, 0u64);
@@ -135,7 +93,7 @@ async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology)
         for r in replicas.iter_mut() {
             if rng.random_bool(0.15) {
                 r.close().await;
-                *r = world.replica().await?;
+                *r = replica(env, &options).await?;
                 restarts += 1;
             }
         }
@@ -167,7 +125,7 @@ async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology)
                 Err(e) if e.is_cancelled() => {
                     crashes += 1;
                     // The crashed process comes back as a new replica.
-                    replicas[i] = world.replica().await?;
+                    replicas[i] = replica(env, &options).await?;
                 }
                 Err(e) => bail!("a replica's poll panicked: {e}"),
             }
@@ -178,8 +136,12 @@ async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology)
         let mut again = 0;
         loop {
             let mut pending = 0;
-            for tenant in &world.tenants {
-                if world.last(tenant).await? != Some(t.timestamp()) {
+            for tenant in &tenants {
+                let last: Option<String> = redis::cmd("GET")
+                    .arg(format!("{}:sched:{tenant}:last", options.key_prefix))
+                    .query_async(&mut redis)
+                    .await?;
+                if last.and_then(|v| v.parse::<i64>().ok()) != Some(t.timestamp()) {
                     pending += 1;
                 }
             }
@@ -204,79 +166,83 @@ async fn ticks(world: &World, plan: Plan, rng: &mut StdRng, topology: &Topology)
         r.close().await;
     }
 
-    // Exactly one job per tenant per tick.
-    let conn = Connection::connect(&harness::amqp_url(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let mut per_tick: BTreeMap<(String, DateTime<Utc>), usize> = BTreeMap::new();
-    while let Some(msg) = ch
-        .basic_get(
-            topology.queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await?
-    {
-        let JobMessage::V1(job) = JobMessage::decode(&msg.delivery.data)?;
-        *per_tick.entry((job.tenant, job.scheduled_for)).or_default() += 1;
+    // Every job delivered and settled.
+    let expected = plan.ticks * tenants.len();
+    let key = |message_id: &str| -> Option<(String, DateTime<Utc>)> {
+        let (tenant, tick) = message_id.split_once(':')?;
+        Some((tenant.to_owned(), tick.parse().ok()?))
+    };
+    let deadline = Instant::now() + Duration::from_secs(if plan.long { 400 } else { 150 });
+    loop {
+        events.drain();
+        let runs = events
+            .all
+            .iter()
+            .filter(|e| ACCEPTED.contains(&e.disposition))
+            .count();
+        if runs >= expected && queued(env).await? == 0 {
+            // Room for a late duplicate to be settled too.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            events.drain();
+            if queued(env).await? == 0 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = conn.close(200, "done".into()).await;
-    let expected = plan.ticks * world.tenants.len();
-    let mut missing = 0;
-    let mut duplicates = 0;
+    for w in workers {
+        w.shutdown().await;
+    }
+    let mut runs: BTreeMap<(String, DateTime<Utc>), usize> = BTreeMap::new();
+    let mut dropped = 0;
+    let mut busy = 0;
+    for e in &events.all {
+        if ACCEPTED.contains(&e.disposition)
+            && let Some(k) = key(&e.message_id)
+        {
+            *runs.entry(k).or_default() += 1;
+        }
+        match e.disposition {
+            "duplicate" => dropped += 1,
+            "skipped-busy" => busy += 1,
+            _ => {}
+        }
+    }
+    let (mut missing, mut twice) = (0usize, 0usize);
     for k in 0..plan.ticks {
         let t = base + TimeDelta::minutes(k as i64);
-        for tenant in &world.tenants {
-            match per_tick.get(&(tenant.clone(), t)).copied().unwrap_or(0) {
+        for tenant in &tenants {
+            match runs.get(&(tenant.clone(), t)).copied().unwrap_or(0) {
                 0 => missing += 1,
                 1 => {}
-                n => duplicates += n - 1,
+                n => twice += n - 1,
             }
         }
     }
-    let stray = per_tick
-        .keys()
-        .filter(|(_, t)| *t < base || *t >= base + TimeDelta::minutes(plan.ticks as i64))
-        .count();
+    let dead = crate::common::dead_letters(env).await;
     row.runs = plan.ticks;
     row.jobs = expected;
     row.faults = restarts + crashes;
-    row.lost = missing;
-    row.overlaps = duplicates + stray;
+    row.lost = missing.saturating_sub(dead.len());
+    row.dead_lettered = dead.len();
+    row.overlaps = twice
+        + tenants
+            .iter()
+            .map(|t| events.overlapping_runs(t))
+            .sum::<usize>();
     row.recovery = catch_up;
     row.notes = format!(
-        "{REPLICAS} replicas, {} tenants, {} simulated ticks; {restarts} restarts between ticks, \
-         {crashes} crashes mid-poll; jobs expected {expected}, missing {missing}, extra for a tick \
-         {duplicates}, for no tick {stray} (extra jobs are counted as overlaps); recovery = time \
-         until a tick held by a crashed replica's claim was published",
-        world.tenants.len(),
+        "{REPLICAS} replicas, {} tenants, {} simulated ticks, 2 workers; {restarts} restarts \
+         between ticks, {crashes} crashes mid-poll; jobs accepted per tick expected {expected}, \
+         missing {missing}, second jobs of a tick accepted {twice}; ticks published twice and \
+         dropped by the worker as duplicates: {dropped}; accepted as skipped-busy (the previous \
+         tick still running): {busy}; recovery = time until a tick held by a \
+         crashed replica's claim was published",
+        tenants.len(),
         plan.ticks
     );
     Ok(row)
-}
-
-async fn cleanup(world: &World, topology: &Topology) {
-    if let Ok(conn) =
-        Connection::connect(&harness::amqp_url(), ConnectionProperties::default()).await
-        && let Ok(ch) = conn.create_channel().await
-    {
-        for q in [&topology.queue, &topology.dead_queue] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [&topology.exchange, &topology.dlx] {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = conn.close(200, "done".into()).await;
-    }
-    let mut con = world.redis.clone();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", world.options.key_prefix))
-        .query_async(&mut con)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
-    }
 }

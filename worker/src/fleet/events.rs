@@ -14,7 +14,7 @@ pub struct JobEvent {
     /// When the pipeline ended, before the lock was released.
     pub ended: Option<DateTime<Utc>>,
     /// `imported`, `no-file`, `already-processed`, `skipped-busy`, `retry-scheduled`,
-    /// `handed-back`, `dead-lettered`.
+    /// `handed-back`, `dead-lettered`, `duplicate` (a scheduled tick delivered twice).
     pub disposition: &'static str,
     /// The failure reason or outcome label behind the disposition.
     pub reason: String,

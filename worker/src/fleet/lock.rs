@@ -106,8 +106,42 @@ impl Locks {
         }
     }
 
+    /// The lock's time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub fn key(&self, tenant: &str) -> String {
         format!("{}:lock:{tenant}", self.prefix)
+    }
+
+    /// Records `job_id` as the job of `tenant`'s tick `tick` (kept a week), unless another job
+    /// was recorded first. True when the tick is `job_id`'s.
+    pub async fn claim_tick(
+        &self,
+        tenant: &str,
+        tick: chrono::DateTime<chrono::Utc>,
+        job_id: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let key = format!(
+            "{}:tick:{tenant}:{}",
+            self.prefix,
+            tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        );
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(job_id)
+            .arg("NX")
+            .arg("EX")
+            .arg(7 * 24 * 3600)
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(true);
+        }
+        let recorded: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        Ok(recorded.as_deref() == Some(job_id))
     }
 
     /// `Ok(None)`: someone else holds the tenant.

@@ -319,6 +319,37 @@ async fn handle(
         return emit(deps, fleet, event);
     }
 
+    // A scheduled tick published twice (a scheduler replica died between its publish and its
+    // commit, and another published the tick again) runs once: the first fresh delivery of the
+    // tick records its job id, and a fresh delivery of the same tick with another job id is a
+    // duplicate. Redeliveries, hand-backs and retries of the recorded job are not fresh.
+    let fresh = attempt == 0 && !delivery.redelivered && !handed_back(&delivery);
+    if job.trigger == Trigger::Schedule && fresh {
+        match fleet
+            .locks
+            .claim_tick(&job.tenant, job.scheduled_for, &event.job_id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("this tick of the tenant was already delivered: duplicate, dropped");
+                disposition::ack(&delivery).await;
+                event.disposition = "duplicate";
+                event.reason = "duplicate-tick".into();
+                return emit(deps, fleet, event);
+            }
+            Err(e) => {
+                fleet.health.set_redis(false);
+                tracing::warn!(error = %e, "cannot reach Redis for the tick record: handing back");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                disposition::hand_back(&delivery).await;
+                event.disposition = "handed-back";
+                event.reason = "redis-unavailable".into();
+                return emit(deps, fleet, event);
+            }
+        }
+    }
+
     let guard = match fleet.locks.acquire(&job.tenant).await {
         Ok(Some(g)) => g,
         Ok(None) => {
@@ -355,6 +386,22 @@ async fn handle(
             cancel.cancel();
         })
     };
+    if guard.fence == 1 {
+        // A new fence counter: the tenant's first lock on this Redis, ever or since Redis lost
+        // its data (a restart without persistence). In the second case a holder from before may
+        // still be running until its next renewal finds its lock gone; one TTL from now every
+        // such holder has stopped (its renewal failed, or its lease ran out). Waiting costs one
+        // TTL once per tenant.
+        let ttl = fleet.locks.ttl();
+        tracing::info!(
+            wait_ms = ttl.as_millis() as u64,
+            "first lock of this tenant on this Redis: waiting one lock TTL before starting"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(ttl) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
     event.started = Some(Utc::now());
     let ctx = JobContext {
         job_id: job.job_id,
@@ -433,6 +480,15 @@ async fn handle(
     emit(deps, fleet, event);
 }
 
+/// Whether the delivery carries the hand-back mark (it was in progress somewhere before).
+fn handed_back(delivery: &Delivery) -> bool {
+    header_str(&delivery.properties, HEADER_HANDED_BACK).is_some()
+        || matches!(
+            shared::amqp::header(&delivery.properties, HEADER_HANDED_BACK),
+            Some(AMQPValue::Boolean(true))
+        )
+}
+
 /// A retry or dead letter that the broker did not confirm (the delivery was handed back).
 fn count_publish(deps: &Deps, landed: bool, kind: &'static str) {
     if !landed {
@@ -472,13 +528,7 @@ async fn busy(
     attempt: u32,
     event: &mut JobEvent,
 ) {
-    let handed_back = delivery.redelivered
-        || header_str(&delivery.properties, HEADER_HANDED_BACK).is_some()
-        || matches!(
-            shared::amqp::header(&delivery.properties, HEADER_HANDED_BACK),
-            Some(AMQPValue::Boolean(true))
-        );
-    if !handed_back {
+    if !(delivery.redelivered || handed_back(delivery)) {
         tracing::info!("tenant busy with another job: skipped");
         deps.metrics.lock_contention("skipped-busy");
         disposition::ack(delivery).await;
