@@ -32,12 +32,12 @@
 //! **The one remaining window:** a replica whose publish was confirmed but which dies (or loses
 //! Redis for good) before the commit leaves `last` behind; once its claim expires, another replica
 //! publishes the same tick again, so the queue holds two jobs with the same `message_id`. The
-//! worker makes that harmless: its per-tenant Redis lock keeps the two from running at once, and
-//! the second run finds the SHA1 marker of the file the first one imported and ends as
-//! `already-processed` (a new file in between would be imported, as it would be on the next
-//! tick anyway). A publish whose confirm never arrives (timeout, connection lost after the broker
-//! took the message) cannot be told from a lost one: it is retried, which is the same case with
-//! the same remedy.
+//! worker makes that harmless: it records the first fresh delivery of each scheduled tick in Redis
+//! and acks a second one as `duplicate` without running it (`docs/fleet.md`; the chaos suite's
+//! `scheduler-replicas` trial crashes replicas mid-poll and counts the jobs accepted per tick).
+//! A publish whose confirm never arrives (timeout, connection lost after the broker took the
+//! message) cannot be told from a lost one: it is retried, which is the same case with the same
+//! remedy.
 //!
 //! # Publishing ([`publisher`])
 //! One connection and one channel in confirm mode; the topology of every served region

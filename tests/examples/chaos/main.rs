@@ -96,13 +96,14 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 6] = [
+const TRIALS: [&str; 7] = [
     "sigkill",
     "sigstop",
     "api-storm",
     "scheduler",
     "redis",
     "rabbitmq",
+    "smtp",
 ];
 
 fn parse_args() -> Result<Args, String> {
@@ -214,6 +215,9 @@ async fn run(args: Args) -> i32 {
         }
         if wanted("rabbitmq") {
             rows.push(guarded("rabbitmq-restart", restart::rabbitmq(plan, next_rng())).await);
+        }
+        if wanted("smtp") {
+            rows.push(guarded("smtp-down", restart::smtp(plan, next_rng())).await);
         }
         rows
     };

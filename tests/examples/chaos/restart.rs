@@ -236,3 +236,99 @@ async fn interrupted_job(
     ));
     Ok(())
 }
+
+/// The SMTP server is down at report time (nothing listens on its port): the report email fails.
+/// The import must complete once and not be redone: the failure is recorded in the tenant log,
+/// the per-record report is on the FTPS account, the SHA1 marker is written, and a second job for
+/// the same file finds it already processed.
+pub async fn smtp(plan: Plan, _rng: StdRng) -> Result<Row> {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    let dead_port = common::free_port()?;
+    let text = std::fs::read_to_string(&env.settings_path)?;
+    let smtp = crate::harness::smtp().await;
+    let from = format!("[smtp]\nhost = \"{}\"\nport = {}\n", smtp.host, smtp.port);
+    if !text.contains(&from) {
+        bail!("the settings have no [smtp] section as expected");
+    }
+    let to = format!("[smtp]\nhost = \"127.0.0.1\"\nport = {dead_port}\n");
+    std::fs::write(&env.settings_path, text.replace(&from, &to))?;
+    let result = smtp_down(&env, plan).await;
+    env.cleanup().await;
+    result
+}
+
+async fn smtp_down(env: &FleetEnv, plan: Plan) -> Result<Row> {
+    let mut row = Row::new("smtp-down");
+    let account = &env.accounts[0];
+    let domain = env.domain(0);
+    let tenant = env.tenant(0).to_owned();
+    let names = usernames("m0u", plan.users);
+    account.put(
+        "uploads/user-import.csv",
+        users_csv("m0u", plan.users).as_bytes(),
+    );
+    let (tx, mut events) = Events::new();
+    let worker = env.spawn_worker("smtp", tx);
+    let job = env.publish_job(&tenant, Utc::now()).await;
+    row.runs = 1;
+    row.faults = 1;
+    row.jobs = 2;
+    let first = events
+        .wait_settled(&job.job_id, Duration::from_secs(120))
+        .await;
+    let again = env.publish_job(&tenant, Utc::now()).await;
+    let second = events
+        .wait_settled(&again.job_id, Duration::from_secs(60))
+        .await;
+    worker.shutdown().await;
+    let mut outcomes = Vec::new();
+    for e in [&first, &second] {
+        match e {
+            Ok(e) if e.disposition == "dead-lettered" => {
+                row.dead_lettered += 1;
+                outcomes.push(format!("dead-lettered ({})", e.reason));
+            }
+            Ok(e) => outcomes.push(e.disposition.to_owned()),
+            Err(_) => {
+                row.lost += 1;
+                outcomes.push("lost".into());
+            }
+        }
+    }
+    let log = common::tenant_log(account);
+    let lines = common::job_lines(&log, &job.job_id);
+    let recorded = lines
+        .iter()
+        .any(|l| l.contains("the report email could not be sent"));
+    let starts = lines.iter().filter(|l| l.contains("start:")).count();
+    let reports = account.list("reports").len();
+    let markers = account.list("tmp").len();
+    row.missing_users = missing_users(env, 0, &names);
+    let calls = env.fake.calls(&domain);
+    row.duplicate_creates = calls.duplicate_creates();
+    // Redone = the import ran a second time: a second start of the job, or a second job that
+    // did more than find the file already processed.
+    if starts > 1 || outcomes[1] != "already-processed" {
+        row.overlaps += 1;
+    }
+    if !recorded || reports == 0 || markers == 0 {
+        bail!(
+            "the report was not handled as it should: email failure recorded {recorded}, report \
+             files {reports}, markers {markers}"
+        );
+    }
+    row.notes = format!(
+        "SMTP unreachable for the whole job: job → {}, failure recorded in the tenant log: \
+         {recorded}, per-record report on FTPS: {reports}, marker: {markers}; the same file \
+         again → {} (not redone); API writes {} for {} users",
+        outcomes[0],
+        outcomes[1],
+        calls.writes(),
+        plan.users
+    );
+    Ok(row)
+}
