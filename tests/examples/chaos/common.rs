@@ -108,6 +108,7 @@ pub async fn until_every(
 }
 
 /// The settled deliveries of the in-process workers, as they come.
+#[derive(Debug)]
 pub struct Events {
     pub rx: mpsc::UnboundedReceiver<JobEvent>,
     pub all: Vec<JobEvent>,

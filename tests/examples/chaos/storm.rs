@@ -1,5 +1,5 @@
 //! Platform API storms: the platform fake answers 30% of the calls with 500/502/503, or answers
-//! 429 (with `Retry-After`) to nearly every call in bursts, or lets a share of the calls hang past
+//! 429 (with `Retry-After: 1`) to 90% of the calls in bursts (1.5 s on, 1.5 s off), or lets a share of the calls hang past
 //! the worker's request timeout. Two in-process workers import a new file for every tenant under
 //! each storm. Evidence: every job completes, every user of every file is on the platform, no
 //! user is created twice; the faults counted are the fake's own injection counters.
@@ -88,7 +88,7 @@ async fn storms(env: &FleetEnv, plan: Plan) -> Result<Vec<Row>> {
         let published_at = published_at_first;
         row.runs = 1;
         row.jobs = jobs.len();
-        // Waits for every job; 429 bursts are on for 700 ms, off for 700 ms, until the end.
+        // Waits for every job; 429 bursts are on for 1.5 s, off for 1.5 s, until the end.
         let deadline = started + Duration::from_secs(150);
         let mut settled = vec![None; jobs.len()];
         while settled.iter().any(Option::is_none) && Instant::now() < deadline {
@@ -98,7 +98,7 @@ async fn storms(env: &FleetEnv, plan: Plan) -> Result<Vec<Row>> {
                 }
             }
             if bursts {
-                let on = (started.elapsed().as_millis() / 700) % 2 == 0;
+                let on = (started.elapsed().as_millis() / 1500).is_multiple_of(2);
                 env.fake.set_faults(if on {
                     faults.clone()
                 } else {

@@ -115,8 +115,9 @@ impl Locks {
         format!("{}:lock:{tenant}", self.prefix)
     }
 
-    /// Records `job_id` as the job of `tenant`'s tick `tick` (kept a week), unless another job
-    /// was recorded first. True when the tick is `job_id`'s.
+    /// Records `job_id` as the job of `tenant`'s tick `tick` (kept two days: a second job for a
+    /// tick is published a claim TTL after the first, and waits no longer than the queue's
+    /// backlog), unless another job was recorded first. True when the tick is `job_id`'s.
     pub async fn claim_tick(
         &self,
         tenant: &str,
@@ -134,7 +135,7 @@ impl Locks {
             .arg(job_id)
             .arg("NX")
             .arg("EX")
-            .arg(7 * 24 * 3600)
+            .arg(2 * 24 * 3600)
             .query_async(&mut conn)
             .await?;
         if set.is_some() {
