@@ -4,7 +4,7 @@
 # redis-server and rabbitmq-server installed. Stops by itself: --short within 5 min, --long
 # within 20 min. Exits 1 if anything was lost, ran twice at once or was created twice; 2 if the
 # run did not finish in time.
-#   scripts/chaos.sh [--short|--long] [--seed N] [--only sigkill,sigstop,api-storm,scheduler,redis,rabbitmq]
+#   scripts/chaos.sh [--short|--long] [--seed N] [--only sigkill,sigstop,api-storm,scheduler,redis,rabbitmq,smtp]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
