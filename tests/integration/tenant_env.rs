@@ -27,6 +27,11 @@ pub struct TenantEnv {
     pub _dir: tempfile::TempDir,
     pub settings_path: PathBuf,
     pub deps: Deps,
+    /// The registry as first written, without the tenant's `[tenant.import]` table.
+    registry_base: String,
+    registry_path: PathBuf,
+    /// The test's own Redis key prefix.
+    pub redis_prefix: String,
 }
 
 /// What a test may change before the `Deps` are built.
@@ -37,6 +42,10 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub concurrency: usize,
     pub extra_settings: String,
+    /// Lines of the tenant's `[tenant.import]` table (e.g. `verify_only = true`).
+    pub tenant_import: String,
+    /// `redis.url` (default: the test Redis).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -46,6 +55,8 @@ impl Default for Options {
             ca_file: None,
             concurrency: 4,
             extra_settings: String::new(),
+            tenant_import: String::new(),
+            redis_url: None,
         }
     }
 }
@@ -89,7 +100,12 @@ admin = {{ username = "{user}.admin", email = "{admin_email}" }}
             port = ftps.port,
         );
         let registry_path = dir.path().join("tenants.toml");
-        std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &registry_path,
+            format!("{registry}[tenant.import]\n{}\n", opts.tenant_import),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let redis_prefix = format!("test-import-{}", uuid::Uuid::new_v4().simple());
         let settings = format!(
             r#"
 work_dir = "{work}"
@@ -113,11 +129,15 @@ backoff_max = "500ms"
 retry_after_max = "2s"
 status_poll_interval = "20ms"
 status_timeout = "10s"
+[redis]
+url = "{redis_url}"
+key_prefix = "{redis_prefix}"
 [import]
 concurrency = {concurrency}
 progress_every = 2
 {extra}
 "#,
+            redis_url = opts.redis_url.clone().unwrap_or_else(harness::redis_url),
             work = dir.path().display(),
             registry = registry_path.display(),
             ca = opts.ca_file.as_ref().unwrap_or(&ftps.ca_file).display(),
@@ -133,6 +153,7 @@ progress_every = 2
             account.password.clone(),
         )]);
         let settings = Settings::load(Some(&settings_path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let registry_base = registry;
         let registry = Registry::load(&registry_path).unwrap_or_else(|e| panic!("{e}"));
         let secrets = SecretSource::new(None, &env);
         let deps = Deps::build(settings, registry, secrets).unwrap_or_else(|e| panic!("{e:#}"));
@@ -144,7 +165,19 @@ progress_every = 2
             _dir: dir,
             settings_path,
             deps,
+            registry_base,
+            registry_path,
+            redis_prefix,
         }
+    }
+
+    /// Replaces the tenant's `[tenant.import]` table, as an operator editing the registry would;
+    /// the next run uses it.
+    pub fn set_tenant_import(&self, lines: &str) {
+        let text = format!("{}[tenant.import]\n{lines}\n", self.registry_base);
+        std::fs::write(&self.registry_path, text).unwrap_or_else(|e| panic!("{e}"));
+        let registry = Registry::load(&self.registry_path).unwrap_or_else(|e| panic!("{e}"));
+        self.deps.replace_registry(registry);
     }
 
     pub fn tenant(&self) -> &str {

@@ -249,6 +249,28 @@ impl FtpsSession {
             .any(|n| n.rsplit('/').next().map(str::trim) == Some(name)))
     }
 
+    /// Deletes a file; a missing one is fine.
+    pub async fn remove(&mut self, path: &str) -> Result<(), FtpsError> {
+        match bounded(self.io, self.stream.rm(path)).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(transport(e)),
+        }
+    }
+
+    /// A small file's contents (at most `max_bytes`), `None` if there is none.
+    pub async fn read_small(
+        &mut self,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, FtpsError> {
+        let mut out = Vec::new();
+        Ok(self
+            .download(path, &mut out, max_bytes, |_| {})
+            .await?
+            .map(|_| out))
+    }
+
     /// Creates a directory; an existing one is fine.
     pub async fn ensure_dir(&mut self, dir: &str) -> Result<(), FtpsError> {
         match bounded(self.io, self.stream.mkdir(dir)).await? {

@@ -18,6 +18,8 @@ pub struct Counts {
     pub failed: u64,
     /// Rows whose write was accepted but whose final status did not arrive in time.
     pub unconfirmed: u64,
+    /// Users absent from the file deactivated by full sync (not rows of the file).
+    pub deactivated: u64,
 }
 
 impl Counts {
@@ -41,6 +43,21 @@ pub enum Outcome {
         report_path: String,
         email_sent: bool,
     },
+    /// Verify only: every row was checked and reported; nothing was written to the platform.
+    Verified {
+        sha1: String,
+        counts: Counts,
+        report_path: String,
+        email_sent: bool,
+    },
+    /// The mass-change guard held the file: nothing was written; the admin must confirm it.
+    Held {
+        sha1: String,
+        deactivations: u64,
+        updates: u64,
+        existing: u64,
+        email_sent: bool,
+    },
 }
 
 impl Outcome {
@@ -49,6 +66,8 @@ impl Outcome {
             Outcome::NoFile => "no-file",
             Outcome::AlreadyProcessed { .. } => "already-processed",
             Outcome::Imported { .. } => "imported",
+            Outcome::Verified { .. } => "verified",
+            Outcome::Held { .. } => "held",
         }
     }
 }
@@ -124,6 +143,8 @@ pub enum Retryable {
     Api(String),
     #[error("local I/O: {0}")]
     Io(String),
+    #[error("{0}")]
+    Store(String),
     #[error("the job was cancelled before it finished")]
     Cancelled,
 }
@@ -134,6 +155,7 @@ impl Retryable {
             Retryable::Ftps(_) => "ftps-unavailable",
             Retryable::Api(_) => "api-unavailable",
             Retryable::Io(_) => "local-io",
+            Retryable::Store(_) => "redis-unavailable",
             Retryable::Cancelled => "cancelled",
         }
     }

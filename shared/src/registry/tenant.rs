@@ -52,13 +52,23 @@ pub enum EmptyCells {
     Clear,
 }
 
-/// How this tenant's file is read and applied.
+/// How this tenant's file is read and applied (see docs/tenant-admin.md).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImportOptions {
     pub empty_cells: EmptyCells,
     /// Separates group names inside the `Groups` cell.
     pub groups_separator: char,
+    /// Validate and report what each row would do; write nothing to the platform.
+    pub verify_only: bool,
+    /// Send nothing for a row whose fingerprint matches the last successful import of it.
+    pub skip_unchanged: bool,
+    /// Fingerprints older than this many days no longer skip a row (it is checked again).
+    pub skip_unchanged_max_age_days: u32,
+    /// Deactivate the users this import manages that are absent from the file.
+    pub full_sync: bool,
+    /// Holds a run that would deactivate or update too many users.
+    pub mass_change_guard: MassChangeGuard,
 }
 
 impl Default for ImportOptions {
@@ -66,7 +76,63 @@ impl Default for ImportOptions {
         Self {
             empty_cells: EmptyCells::Keep,
             groups_separator: ';',
+            verify_only: false,
+            skip_unchanged: false,
+            skip_unchanged_max_age_days: 7,
+            full_sync: false,
+            mass_change_guard: MassChangeGuard::default(),
         }
+    }
+}
+
+/// Thresholds of the mass-change guard. A run is held when the deactivations (or the updates) it
+/// would make exceed **both** the count and the percentage of the users it touches that exist.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MassChangeGuard {
+    pub enabled: bool,
+    pub max_deactivate_count: u64,
+    pub max_deactivate_percent: u8,
+    pub max_update_count: u64,
+    pub max_update_percent: u8,
+}
+
+impl Default for MassChangeGuard {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_deactivate_count: 25,
+            max_deactivate_percent: 10,
+            max_update_count: 500,
+            max_update_percent: 50,
+        }
+    }
+}
+
+impl MassChangeGuard {
+    /// Whether `changes` out of `base` existing users goes over both thresholds.
+    pub fn exceeded(count: u64, percent: u8, changes: u64, base: u64) -> bool {
+        changes > count && changes.saturating_mul(100) > u64::from(percent).saturating_mul(base)
+    }
+
+    pub fn deactivations_exceeded(&self, changes: u64, base: u64) -> bool {
+        self.enabled
+            && Self::exceeded(
+                self.max_deactivate_count,
+                self.max_deactivate_percent,
+                changes,
+                base,
+            )
+    }
+
+    pub fn updates_exceeded(&self, changes: u64, base: u64) -> bool {
+        self.enabled
+            && Self::exceeded(
+                self.max_update_count,
+                self.max_update_percent,
+                changes,
+                base,
+            )
     }
 }
 
@@ -167,6 +233,24 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         return Err(field(
             "import.groups_separator",
             "must be a punctuation character such as ';' or '|'",
+        ));
+    }
+    let guard = &raw.import.mass_change_guard;
+    for (name, percent) in [
+        ("max_deactivate_percent", guard.max_deactivate_percent),
+        ("max_update_percent", guard.max_update_percent),
+    ] {
+        if percent > 100 {
+            return Err(field(
+                &format!("import.mass_change_guard.{name}"),
+                "must be 0 to 100",
+            ));
+        }
+    }
+    if raw.import.skip_unchanged_max_age_days == 0 {
+        return Err(field(
+            "import.skip_unchanged_max_age_days",
+            "must be at least 1",
         ));
     }
     Ok(Tenant {

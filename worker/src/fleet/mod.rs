@@ -377,6 +377,8 @@ async fn handle(
             event.disposition = match outcome.label() {
                 "imported" => "imported",
                 "no-file" => "no-file",
+                "verified" => "verified",
+                "held" => "held",
                 _ => "already-processed",
             };
             event.reason = outcome.label().into();

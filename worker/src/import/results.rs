@@ -21,26 +21,38 @@ pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
 #[derive(Debug)]
 pub struct ResultsWriter {
     out: csv::Writer<std::io::BufWriter<std::fs::File>>,
+    /// Verify-only: the result column says what would happen (`would-create`, …).
+    verify: bool,
 }
 
 impl ResultsWriter {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
+    pub fn create(path: &Path, verify: bool) -> std::io::Result<Self> {
         let file = std::fs::File::create(path)?;
         let mut out = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .from_writer(std::io::BufWriter::new(file));
         out.write_record(HEADER).map_err(std::io::Error::other)?;
-        Ok(Self { out })
+        Ok(Self { out, verify })
     }
 
     pub fn write(&mut self, r: &RowResult) -> std::io::Result<()> {
-        let line = r.line.to_string();
+        // Line 0: not a row of the file (a full-sync deactivation).
+        let line = if r.line == 0 {
+            String::new()
+        } else {
+            r.line.to_string()
+        };
+        let result = if self.verify {
+            r.status.as_verify_str()
+        } else {
+            r.status.as_str()
+        };
         self.out
             .write_record([
                 line.as_str(),
                 &neutralise(&r.username),
                 &r.action,
-                r.status.as_str(),
+                result,
                 &neutralise(&r.message),
             ])
             .map_err(std::io::Error::other)

@@ -10,6 +10,13 @@ use tokio::io::BufWriter;
 use crate::ftps::{FtpsError, FtpsSession};
 
 pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
+pub const UPLOAD_DIR: &str = "/uploads";
+/// With `skip_unchanged`: its presence makes the next import send every row (then it is removed).
+pub const FULL_FLAG_NAME: &str = "user-import.full";
+
+pub fn full_flag_path() -> String {
+    format!("{UPLOAD_DIR}/{FULL_FLAG_NAME}")
+}
 
 /// The local copy of the tenant's file.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! Stages never read the environment or open their own clients: everything comes in [`Deps`].
 
 pub mod fetch;
+pub mod guard;
 pub mod hash;
 pub mod log;
 pub mod report;
@@ -23,7 +24,8 @@ use uuid::Uuid;
 
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
-use crate::import::{ImportError, ImportParams};
+use crate::import::store::ImportStore;
+use crate::import::{ImportError, ImportParams, Run};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
@@ -38,6 +40,8 @@ pub struct Deps {
     pub http: reqwest::Client,
     pub ftps: FtpsConnector,
     pub mailer: Mailer,
+    /// What the import remembers per tenant (Redis; connects only when an option needs it).
+    pub store: ImportStore,
     /// The process's metrics (`/metrics` of `worker run`).
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -52,6 +56,7 @@ impl Deps {
             http: PlatformClient::http_client(&settings.platform)?,
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
+            store: ImportStore::from_settings(&settings.redis)?,
             metrics: Arc::new(WorkerMetrics::default()),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
@@ -113,7 +118,7 @@ pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<O
     let span = span::job_span(tenant, &job);
     let result = run(deps, tenant, &job).instrument(span.clone()).await;
     span::record_outcome(&span, &result);
-    if let Ok(Outcome::Imported { counts, .. }) = &result {
+    if let Ok(Outcome::Imported { counts, .. } | Outcome::Verified { counts, .. }) = &result {
         deps.metrics.rows(counts);
     }
     result
@@ -161,6 +166,14 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
         Ok(Outcome::Imported { counts, .. }) => log.line(format!(
             "end: imported: {} rows, {} created, {} updated, {} unchanged, {} invalid, {} failed, {} unconfirmed",
             counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid, counts.failed, counts.unconfirmed
+        ) + &if counts.deactivated > 0 { format!(", {} deactivated by full sync", counts.deactivated) } else { String::new() }),
+        Ok(Outcome::Verified { counts, .. }) => log.line(format!(
+            "end: verified only, nothing written: {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors, {} would be deactivated by full sync",
+            counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid + counts.failed, counts.deactivated
+        )),
+        Ok(Outcome::Held { sha1, deactivations, updates, .. }) => log.line(format!(
+            "end: held by the mass-change guard ({deactivations} deactivations, {updates} updates): nothing written; upload {} holding {sha1} to confirm",
+            guard::CONFIRM_PATH
         )),
         Err(e) => log.line(format!(
             "end: {} ({}): {e}",
@@ -236,10 +249,14 @@ async fn stages(
         otel.status_description = Empty,
         error.type = Empty,
     );
+    let verify = tenant.import.verify_only;
+    let marker = hash::marker_name_for(&fetched.sha1, verify);
     let seen = metrics
         .time(
             Stage::Hash,
-            hash::already_processed(session, &fetched.sha1).instrument(span.clone()),
+            session
+                .exists_in(hash::MARKER_DIR, &marker)
+                .instrument(span.clone()),
         )
         .await
         .map_err(ftps_error);
@@ -247,12 +264,49 @@ async fn stages(
     let seen = seen?;
     span.record("already_processed", seen);
     if seen {
+        if verify {
+            log.line(format!(
+                "verify only: this file was verified before (/tmp/{marker})"
+            ));
+        }
         return Ok(Outcome::AlreadyProcessed {
             sha1: fetched.sha1.to_string(),
         });
     }
+    // The mass-change guard: a held file waits for the admin's confirmation, without API calls.
+    let guard_enabled = tenant.import.mass_change_guard.enabled && !verify;
+    let guard_state = if guard_enabled {
+        guard::state(session, &fetched.sha1)
+            .await
+            .map_err(ftps_error)?
+    } else {
+        guard::State::Open
+    };
+    if let guard::State::Held(h) = &guard_state {
+        log.line("this file is held by the mass-change guard and not confirmed yet");
+        return Ok(Outcome::Held {
+            sha1: fetched.sha1.to_string(),
+            deactivations: h.deactivations,
+            updates: h.updates,
+            existing: h.existing,
+            email_sent: false,
+        });
+    }
+    let confirmed = guard_state == guard::State::Confirmed;
+    let force_full = tenant.import.skip_unchanged
+        && !verify
+        && session
+            .exists_in(fetch::UPLOAD_DIR, fetch::FULL_FLAG_NAME)
+            .await
+            .map_err(ftps_error)?;
     job.check()?;
-    log.line("new version of the file: importing");
+    log.line(if verify {
+        "new version of the file: verifying only (nothing will be written)"
+    } else if confirmed {
+        "new version of the file: importing (confirmed by the admin)"
+    } else {
+        "new version of the file: importing"
+    });
 
     // import
     let concurrency = tenant
@@ -279,6 +333,12 @@ async fn stages(
             }),
         progress_every: settings.import.progress_every,
         max_record_bytes: settings.import.max_record_bytes,
+        verify,
+        confirmed,
+        force_full,
+        tenant: tenant.name.to_string(),
+        admin: tenant.admin.username.clone(),
+        store: deps.store.clone(),
     };
     let results = tempfile::Builder::new()
         .prefix("user-import-results-")
@@ -336,12 +396,17 @@ async fn stages(
         }
         ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
         ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
+        ImportError::Store(e) => Retryable::Store(e.to_string()).into(),
         ImportError::Cancelled => Retryable::Cancelled.into(),
     });
     span::failed_on(&span, &summary);
-    let summary = summary?;
+    let summary = match summary? {
+        Run::Done(summary) => summary,
+        Run::Held(h) => return hold(deps, tenant, job, session, log, &fetched, h).await,
+    };
     log.line(format!(
-        "import done: {} rows; API requests {}, retries {}, rate-limited {}",
+        "{} done: {} rows; API requests {}, retries {}, rate-limited {}",
+        if verify { "verify" } else { "import" },
         summary.counts.rows,
         stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         stats.retries.load(std::sync::atomic::Ordering::Relaxed),
@@ -358,7 +423,7 @@ async fn stages(
         otel.status_description = Empty,
         error.type = Empty,
     );
-    let report_path = report::report_path(started, &fetched.sha1);
+    let report_path = report::report_path_for(started, &fetched.sha1, verify);
     let email_sent = async {
         job.check()?;
         report::upload_results(session, &summary, &report_path)
@@ -389,10 +454,31 @@ async fn stages(
             }
         };
         job.check()?;
-        hash::write_marker(session, &fetched.sha1)
+        hash::write_marker_for(session, &fetched.sha1, verify)
             .await
             .map_err(ftps_error)?;
-        log.line(format!("marker written: /tmp/{}.sha1", fetched.sha1));
+        log.line(format!("marker written: /tmp/{marker}"));
+        if confirmed {
+            match guard::clear(session, &fetched.sha1).await {
+                Ok(()) => log.line(format!(
+                    "confirmation used: {} and the held marker removed",
+                    guard::CONFIRM_PATH
+                )),
+                Err(e) => log.line(format!("the confirmation could not be removed: {e}")),
+            }
+        }
+        if force_full {
+            match session.remove(&fetch::full_flag_path()).await {
+                Ok(()) => log.line(format!(
+                    "full re-push done: {} removed",
+                    fetch::full_flag_path()
+                )),
+                Err(e) => log.line(format!(
+                    "{} could not be removed: {e}",
+                    fetch::full_flag_path()
+                )),
+            }
+        }
         Ok::<bool, JobError>(email_sent)
     }
     .instrument(report_span.clone());
@@ -401,10 +487,62 @@ async fn stages(
     let email_sent = email_sent?;
     report_span.record("email_sent", email_sent);
 
-    Ok(Outcome::Imported {
+    let (sha1, counts) = (fetched.sha1.to_string(), summary.counts);
+    Ok(if verify {
+        Outcome::Verified {
+            sha1,
+            counts,
+            report_path,
+            email_sent,
+        }
+    } else {
+        Outcome::Imported {
+            sha1,
+            counts,
+            report_path,
+            email_sent,
+        }
+    })
+}
+
+/// The mass-change guard held the file: the held marker goes on the account (so the next runs
+/// wait without API calls) and the admin is told how to confirm.
+async fn hold(
+    deps: &Deps,
+    tenant: &Tenant,
+    job: &JobContext,
+    session: &mut FtpsSession,
+    log: &TenantLog,
+    fetched: &fetch::Fetched,
+    h: crate::import::Held,
+) -> Result<Outcome, JobError> {
+    job.check()?;
+    guard::write_held(session, &fetched.sha1, &h)
+        .await
+        .map_err(ftps_error)?;
+    log.line(format!(
+        "held: /tmp/{} written; nothing was changed",
+        guard::held_name(&fetched.sha1)
+    ));
+    let email_sent = match guard::email(&deps.mailer, tenant, &h, &fetched.sha1, fetched.size).await
+    {
+        Ok(()) => {
+            log.line(format!(
+                "the nominated admin ({}) was emailed how to confirm",
+                tenant.admin.username
+            ));
+            true
+        }
+        Err(why) => {
+            log.line(format!("the held email could not be sent: {why}"));
+            false
+        }
+    };
+    Ok(Outcome::Held {
         sha1: fetched.sha1.to_string(),
-        counts: summary.counts,
-        report_path,
+        deactivations: h.deactivations,
+        updates: h.updates,
+        existing: h.existing,
         email_sent,
     })
 }

@@ -17,8 +17,14 @@ pub const REPORTS_DIR: &str = "/reports";
 pub const MAX_ATTACHMENT_BYTES: u64 = 15 * 1024 * 1024;
 
 pub fn report_path(started: DateTime<Utc>, sha1: &Sha1Digest) -> String {
+    report_path_for(started, sha1, false)
+}
+
+/// A verify-only run's report is `user-import-verify-…`, so it is never taken for an import's.
+pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, verify: bool) -> String {
     format!(
-        "{REPORTS_DIR}/user-import-{}-{}.csv",
+        "{REPORTS_DIR}/user-import-{}{}-{}.csv",
+        if verify { "verify-" } else { "" },
         started.format("%Y%m%dT%H%M%SZ"),
         sha1.short()
     )
@@ -39,6 +45,12 @@ pub async fn upload_results(
 pub fn subject(tenant: &Tenant, summary: &ImportSummary) -> String {
     let c = &summary.counts;
     let problems = c.invalid + c.failed + c.unconfirmed;
+    if summary.verify {
+        return format!(
+            "[{}] User import VERIFY ONLY (nothing changed): {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors",
+            tenant.name, c.rows, c.created, c.updated, c.unchanged, problems
+        );
+    }
     format!(
         "[{}] User import: {} rows, {} created, {} updated, {} unchanged, {} with problems",
         tenant.name, c.rows, c.created, c.updated, c.unchanged, problems
@@ -58,6 +70,13 @@ pub struct EmailContext<'a> {
 pub fn body(ctx: &EmailContext<'_>) -> String {
     let c = &ctx.summary.counts;
     let mut b = String::new();
+    if ctx.summary.verify {
+        b.push_str(
+            "VERIFY ONLY: this run changed nothing on the platform. The counts and the report say\n\
+             what an import of this file would do (result column: would-create, would-update,\n\
+             would-deactivate, unchanged, error).\n\n",
+        );
+    }
     b.push_str(&format!(
         "The user import for {} has run.\n\n\
          Acting as:   {}\n\
@@ -69,7 +88,8 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
          Unchanged:   {}\n\
          Invalid:     {}\n\
          Failed:      {}\n\
-         Unconfirmed: {}\n\n",
+         Unconfirmed: {}\n\
+         Deactivated: {} (full sync: absent from the file)\n\n",
         ctx.tenant.portal_domain,
         ctx.tenant.admin.username,
         ctx.size,
@@ -81,7 +101,8 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
         c.unchanged,
         c.invalid,
         c.failed,
-        c.unconfirmed
+        c.unconfirmed,
+        c.deactivated
     ));
     if !ctx.summary.unknown_columns.is_empty() {
         b.push_str(&format!(
