@@ -137,6 +137,39 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_upload_is_verified_once_and_does_not_block_the_import() {
+    let env = TenantEnv::new().await;
+    env.account
+        .put("uploads/user-import.verify.csv", three_rows().as_bytes());
+    let outcome = env.run().await;
+    let Ok(Outcome::Verified { counts, .. }) = outcome else {
+        panic!(
+            "expected a verify-only outcome, got {outcome:?}\n{}",
+            env.log()
+        );
+    };
+    assert_eq!((counts.rows, counts.created), (3, 3), "{counts:?}");
+    assert_eq!(writes(&env), 0);
+    assert!(env.fake.users(&env.domain).is_empty());
+    let rows = report_rows(&env, "user-import-verify-");
+    assert_eq!(row_of(&rows, "ada"), ("create", "would-create"));
+    let mail = env.mails(1).await;
+    assert!(
+        mail[0]
+            .body_text
+            .contains("/uploads/user-import.verify.csv"),
+        "{}",
+        mail[0].body_text
+    );
+
+    // Verified once: the next run goes on to the import, which has no file yet; then imports.
+    assert!(matches!(env.run().await, Ok(Outcome::NoFile)));
+    assert!(env.log().contains("was verified before"), "{}", env.log());
+    env.upload(&three_rows());
+    assert_eq!(env.run_imported().await.created, 3);
+}
+
 fn three_rows() -> String {
     format!(
         "{HEADER}\n\

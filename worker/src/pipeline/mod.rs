@@ -5,6 +5,7 @@
 pub mod fetch;
 pub mod guard;
 pub mod hash;
+pub mod import;
 pub mod log;
 pub mod report;
 pub mod span;
@@ -25,7 +26,6 @@ use uuid::Uuid;
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::store::ImportStore;
-use crate::import::{ImportError, ImportParams, Run};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
@@ -118,7 +118,8 @@ pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<O
     let span = span::job_span(tenant, &job);
     let result = run(deps, tenant, &job).instrument(span.clone()).await;
     span::record_outcome(&span, &result);
-    if let Ok(Outcome::Imported { counts, .. } | Outcome::Verified { counts, .. }) = &result {
+    // Verify-only counts are what would have happened: not rows applied.
+    if let Ok(Outcome::Imported { counts, .. }) = &result {
         deps.metrics.rows(counts);
     }
     result
@@ -207,6 +208,16 @@ async fn stages(
             l.min(settings.import.max_file_bytes)
         });
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+
+    // A verify upload not verified yet takes this run (the import waits for the next one).
+    job.check()?;
+    if let Some(outcome) = verify_upload(
+        deps, tenant, key, job, session, log, started, max_bytes, &work_dir,
+    )
+    .await?
+    {
+        return Ok(outcome);
+    }
 
     // fetch
     job.check()?;
@@ -300,251 +311,73 @@ async fn stages(
             .await
             .map_err(ftps_error)?;
     job.check()?;
-    log.line(if verify {
-        "new version of the file: verifying only (nothing will be written)"
-    } else if confirmed {
-        "new version of the file: importing (confirmed by the admin)"
-    } else {
-        "new version of the file: importing"
-    });
-
-    // import
-    let concurrency = tenant
-        .limits
-        .api_concurrency
-        .map_or(settings.import.concurrency, |c| {
-            c.min(settings.import.concurrency)
-        });
-    let client = PlatformClient::new(
-        deps.http.clone(),
-        tenant,
-        key.clone(),
-        &settings.platform,
-        concurrency,
-    );
-    let params = ImportParams {
-        options: tenant.import.clone(),
-        concurrency,
-        max_rows: tenant
-            .limits
-            .max_rows
-            .map_or(settings.import.max_rows, |m| {
-                m.min(settings.import.max_rows)
-            }),
-        progress_every: settings.import.progress_every,
-        max_record_bytes: settings.import.max_record_bytes,
+    let plan = import::Plan {
+        source: fetch::UPLOAD_PATH,
         verify,
         confirmed,
         force_full,
-        tenant: tenant.name.to_string(),
-        admin: tenant.admin.username.clone(),
-        store: deps.store.clone(),
     };
-    let results = tempfile::Builder::new()
-        .prefix("user-import-results-")
-        .suffix(".csv")
-        .tempfile_in(&work_dir)
-        .map_err(|e| Retryable::Io(e.to_string()))?;
-    let progress = log.sender();
-    let span = tracing::info_span!(
-        "import",
-        concurrency,
-        api.requests = Empty,
-        api.retries = Empty,
-        api.rate_limited = Empty,
-        api.server_errors = Empty,
-        api.transport_errors = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let summary = metrics
-        .time(
-            Stage::Import,
-            crate::import::run(
-                fetched.file.path(),
-                results.path(),
-                &client,
-                &params,
-                &progress,
-                &job.cancel,
-            )
-            .instrument(span.clone()),
-        )
-        .await;
-    drop(progress);
-    let stats = client.stats();
-    metrics.api(stats);
-    for (field, counter) in [
-        ("api.requests", &stats.requests),
-        ("api.retries", &stats.retries),
-        ("api.rate_limited", &stats.rate_limited),
-        ("api.server_errors", &stats.server_errors),
-        ("api.transport_errors", &stats.transport_errors),
-    ] {
-        span.record(field, counter.load(std::sync::atomic::Ordering::Relaxed));
-    }
-    let summary = summary.map_err(|e| match e {
-        ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
-        ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
-        ImportError::Unreadable(m) => Permanent::UnreadableFile(m).into(),
-        ImportError::TooManyRows(n) => {
-            Permanent::UnreadableFile(format!("more than {n} rows")).into()
-        }
-        ImportError::Api(crate::platform::ApiError::Protocol(m)) => {
-            Permanent::ApiProtocol(m).into()
-        }
-        ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
-        ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
-        ImportError::Store(e) => Retryable::Store(e.to_string()).into(),
-        ImportError::Cancelled => Retryable::Cancelled.into(),
-    });
-    span::failed_on(&span, &summary);
-    let summary = match summary? {
-        Run::Done(summary) => summary,
-        Run::Held(h) => return hold(deps, tenant, job, session, log, &fetched, h).await,
-    };
-    log.line(format!(
-        "{} done: {} rows; API requests {}, retries {}, rate-limited {}",
-        if verify { "verify" } else { "import" },
-        summary.counts.rows,
-        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
-        stats
-            .rate_limited
-            .load(std::sync::atomic::Ordering::Relaxed),
-    ));
-
-    // report
-    let report_span = tracing::info_span!(
-        "report",
-        email_sent = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let report_path = report::report_path_for(started, &fetched.sha1, verify);
-    let email_sent = async {
-        job.check()?;
-        report::upload_results(session, &summary, &report_path)
-            .await
-            .map_err(ftps_error)?;
-        log.line(format!("report written: {report_path}"));
-        let ctx = report::EmailContext {
-            tenant,
-            summary: &summary,
-            sha1: &fetched.sha1,
-            size: fetched.size,
-            report_path: &report_path,
-            job_id: &job.job_id.to_string(),
-        };
-        job.check()?;
-        let email_sent = match report::email(&deps.mailer, &ctx).await {
-            Ok(()) => {
-                log.line(format!(
-                    "report emailed to the nominated admin ({})",
-                    tenant.admin.username
-                ));
-                true
-            }
-            Err(why) => {
-                // The import is done and its report is on the account: record, do not redo.
-                log.line(format!("the report email could not be sent: {why}"));
-                false
-            }
-        };
-        job.check()?;
-        hash::write_marker_for(session, &fetched.sha1, verify)
-            .await
-            .map_err(ftps_error)?;
-        log.line(format!("marker written: /tmp/{marker}"));
-        if confirmed {
-            match guard::clear(session, &fetched.sha1).await {
-                Ok(()) => log.line(format!(
-                    "confirmation used: {} and the held marker removed",
-                    guard::CONFIRM_PATH
-                )),
-                Err(e) => log.line(format!("the confirmation could not be removed: {e}")),
-            }
-        }
-        if force_full {
-            match session.remove(&fetch::full_flag_path()).await {
-                Ok(()) => log.line(format!(
-                    "full re-push done: {} removed",
-                    fetch::full_flag_path()
-                )),
-                Err(e) => log.line(format!(
-                    "{} could not be removed: {e}",
-                    fetch::full_flag_path()
-                )),
-            }
-        }
-        Ok::<bool, JobError>(email_sent)
-    }
-    .instrument(report_span.clone());
-    let email_sent = metrics.time(Stage::Report, email_sent).await;
-    span::failed_on(&report_span, &email_sent);
-    let email_sent = email_sent?;
-    report_span.record("email_sent", email_sent);
-
-    let (sha1, counts) = (fetched.sha1.to_string(), summary.counts);
-    Ok(if verify {
-        Outcome::Verified {
-            sha1,
-            counts,
-            report_path,
-            email_sent,
-        }
-    } else {
-        Outcome::Imported {
-            sha1,
-            counts,
-            report_path,
-            email_sent,
-        }
-    })
+    import::import_and_report(
+        deps, tenant, key, job, session, log, started, &fetched, &plan,
+    )
+    .await
 }
 
-/// The mass-change guard held the file: the held marker goes on the account (so the next runs
-/// wait without API calls) and the admin is told how to confirm.
-async fn hold(
+/// `/uploads/user-import.verify.csv`, when there and not verified yet: verified only (never
+/// imported), reported, and marked `/tmp/<sha1>.verified`. `None`: nothing to verify.
+#[allow(clippy::too_many_arguments)]
+async fn verify_upload(
     deps: &Deps,
     tenant: &Tenant,
+    key: &shared::ApiKey,
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    fetched: &fetch::Fetched,
-    h: crate::import::Held,
-) -> Result<Outcome, JobError> {
-    job.check()?;
-    guard::write_held(session, &fetched.sha1, &h)
+    started: chrono::DateTime<Utc>,
+    max_bytes: u64,
+    work_dir: &std::path::Path,
+) -> Result<Option<Outcome>, JobError> {
+    let fetched = fetch::fetch_from(session, fetch::VERIFY_UPLOAD_PATH, max_bytes, work_dir)
         .await
-        .map_err(ftps_error)?;
-    log.line(format!(
-        "held: /tmp/{} written; nothing was changed",
-        guard::held_name(&fetched.sha1)
-    ));
-    let email_sent = match guard::email(&deps.mailer, tenant, &h, &fetched.sha1, fetched.size).await
-    {
-        Ok(()) => {
-            log.line(format!(
-                "the nominated admin ({}) was emailed how to confirm",
-                tenant.admin.username
-            ));
-            true
-        }
-        Err(why) => {
-            log.line(format!("the held email could not be sent: {why}"));
-            false
-        }
+        .map_err(|e| match e {
+            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
+                size: limit + 1,
+                limit,
+            }),
+            other => ftps_error(other),
+        })?;
+    let Some(fetched) = fetched else {
+        return Ok(None);
     };
-    Ok(Outcome::Held {
-        sha1: fetched.sha1.to_string(),
-        deactivations: h.deactivations,
-        updates: h.updates,
-        existing: h.existing,
-        email_sent,
-    })
+    let marker = hash::marker_name_for(&fetched.sha1, true);
+    if session
+        .exists_in(hash::MARKER_DIR, &marker)
+        .await
+        .map_err(ftps_error)?
+    {
+        log.line(format!(
+            "{} was verified before (/tmp/{marker}); ignored",
+            fetch::VERIFY_UPLOAD_PATH
+        ));
+        return Ok(None);
+    }
+    log.line(format!(
+        "file found: {}, {} bytes, SHA1 {}",
+        fetch::VERIFY_UPLOAD_PATH,
+        fetched.size,
+        fetched.sha1
+    ));
+    let plan = import::Plan {
+        source: fetch::VERIFY_UPLOAD_PATH,
+        verify: true,
+        confirmed: false,
+        force_full: false,
+    };
+    import::import_and_report(
+        deps, tenant, key, job, session, log, started, &fetched, &plan,
+    )
+    .await
+    .map(Some)
 }
 
 async fn connect(

@@ -62,6 +62,8 @@ pub struct EmailContext<'a> {
     pub tenant: &'a Tenant,
     pub summary: &'a ImportSummary,
     pub sha1: &'a Sha1Digest,
+    /// The file's path on the account.
+    pub source: &'a str,
     pub size: u64,
     pub report_path: &'a str,
     pub job_id: &'a str,
@@ -80,7 +82,7 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
     b.push_str(&format!(
         "The user import for {} has run.\n\n\
          Acting as:   {}\n\
-         File:        /uploads/user-import.csv ({} bytes, SHA1 {})\n\
+         File:        {} ({} bytes, SHA1 {})\n\
          Job:         {}\n\n\
          Rows:        {}\n\
          Created:     {}\n\
@@ -92,6 +94,7 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
          Deactivated: {} (full sync: absent from the file)\n\n",
         ctx.tenant.portal_domain,
         ctx.tenant.admin.username,
+        ctx.source,
         ctx.size,
         ctx.sha1,
         ctx.job_id,
