@@ -414,6 +414,15 @@ async fn full_sync_deactivates_managed_users_absent_from_the_file_but_never_the_
         (alan[0].as_str(), alan[2].as_str(), alan[3].as_str()),
         ("", "deactivate", "deactivated")
     );
+
+    // A header without rows deactivates nobody.
+    env.upload(&format!("{HEADER}\n"));
+    env.fake.reset_calls();
+    let counts = env.run_imported().await;
+    assert_eq!(counts.deactivated, 0, "{counts:?}");
+    assert_eq!(env.fake.calls(&env.domain).get(call::SET_USERS), 0);
+    assert_eq!(state("ada"), Some("Activated".into()));
+    assert!(env.log().contains("the file has no rows"), "{}", env.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! Full sync (opt-in, `full_sync = true`): the users this import manages (see `store`) that are
 //! absent from the file are deactivated with `SetUsers`, at most 500 uids a call, after the rows.
-//! Never the nominated admin; nobody at all when a row's username cannot be read (that row might
-//! name a managed user). Each deactivation is one line of the per-record report.
+//! Never the nominated admin; nobody at all when the file has no rows (a broken export, most
+//! likely) or when a row's username cannot be read (that row might name a managed user). Each
+//! deactivation is one line of the per-record report.
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,12 @@ pub(super) async fn absent_users(
     progress: &mpsc::UnboundedSender<String>,
 ) -> Result<Vec<String>, ImportError> {
     if !params.options.full_sync {
+        return Ok(Vec::new());
+    }
+    if first.rows == 0 {
+        // A header without rows is more likely a broken export than an empty organisation.
+        let _ = progress
+            .send("full sync: nobody is deactivated this time: the file has no rows".to_owned());
         return Ok(Vec::new());
     }
     if first.nameless > 0 {
