@@ -80,4 +80,41 @@ mod tests {
         assert_eq!(neutralise("jane"), "jane");
         assert_eq!(neutralise("a=b"), "a=b");
     }
+
+    fn row(line: u64, status: crate::import::apply::RowStatus) -> RowResult {
+        RowResult {
+            line,
+            username: "ada".into(),
+            action: "create".into(),
+            status,
+            message: String::new(),
+        }
+    }
+
+    fn written(verify: bool, rows: &[RowResult]) -> String {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, verify).unwrap_or_else(|e| panic!("{e}"));
+        for r in rows {
+            w.write(r).unwrap_or_else(|e| panic!("{e}"));
+        }
+        w.finish().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_verify_report_says_what_would_happen() {
+        use crate::import::apply::RowStatus;
+        let rows = [
+            row(2, RowStatus::Created),
+            row(3, RowStatus::Invalid),
+            row(0, RowStatus::Deactivated),
+        ];
+        assert_eq!(
+            written(true, &rows),
+            "line,username,action,result,message\r\n2,ada,create,would-create,\r\n\
+             3,ada,create,error,\r\n,ada,create,would-deactivate,\r\n"
+        );
+        assert!(written(false, &rows).contains("2,ada,create,created,\r\n"));
+    }
 }
