@@ -104,6 +104,50 @@ pub async fn run_pass(
     file: &Path,
     work_dir: &Path,
 ) -> anyhow::Result<Pass> {
+    // No option that needs Redis is on: a store without a URL fails if used.
+    let store = ImportStore::from_settings(&RedisSettings {
+        url: shared::secret::Secret::default(),
+        key_prefix: "bench".into(),
+    })?;
+    run_pass_with(
+        http,
+        tenant,
+        platform,
+        settings,
+        concurrency,
+        file,
+        work_dir,
+        apply_path_options(),
+        store,
+    )
+    .await
+}
+
+/// The fleet's default options, except the mass-change guard: its plan (a read-only pass before a
+/// file that could pass a count limit) is not part of the apply path these passes measure.
+pub fn apply_path_options() -> ImportOptions {
+    ImportOptions {
+        mass_change_guard: MassChangeGuard {
+            enabled: false,
+            ..MassChangeGuard::default()
+        },
+        ..ImportOptions::default()
+    }
+}
+
+/// [`run_pass`] with the tenant's import options and the Redis store they may need.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pass_with(
+    http: &reqwest::Client,
+    tenant: &Tenant,
+    platform: &Platform,
+    settings: &PlatformSettings,
+    concurrency: usize,
+    file: &Path,
+    work_dir: &Path,
+    options: ImportOptions,
+    store: ImportStore,
+) -> anyhow::Result<Pass> {
     let client = PlatformClient::new(
         http.clone(),
         tenant,
@@ -111,18 +155,10 @@ pub async fn run_pass(
         settings,
         concurrency,
     );
-    // The fleet's defaults, as `worker::pipeline` builds them for a tenant without limits,
-    // except the mass-change guard: its plan (a read-only pass before a file that could pass a
-    // count limit) is not part of what this pass measures, the apply path.
+    // The fleet's defaults, as `worker::pipeline` builds them for a tenant without limits.
     let defaults = ImportSettings::default();
     let params = ImportParams {
-        options: ImportOptions {
-            mass_change_guard: MassChangeGuard {
-                enabled: false,
-                ..MassChangeGuard::default()
-            },
-            ..ImportOptions::default()
-        },
+        options,
         concurrency,
         max_rows: defaults.max_rows,
         progress_every: 10_000,
@@ -132,11 +168,7 @@ pub async fn run_pass(
         force_full: false,
         tenant: tenant.name.to_string(),
         admin: tenant.admin.username.clone(),
-        // No option that needs Redis is on: a store without a URL fails if used.
-        store: ImportStore::from_settings(&RedisSettings {
-            url: shared::secret::Secret::default(),
-            key_prefix: "bench".into(),
-        })?,
+        store,
     };
     let results: PathBuf = tempfile::Builder::new()
         .prefix("bench-results-")

@@ -3,7 +3,7 @@
 //! test): verify-only, skipping unchanged rows, the mass-change guard and full sync.
 
 use platform_fake::{DEACTIVATED, FakeUser, call};
-use worker::outcome::Retryable;
+use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
 use crate::tenant_env::{HEADER, Options, TenantEnv, csv_rows};
@@ -167,6 +167,32 @@ async fn a_verify_upload_is_verified_once_and_does_not_block_the_import() {
     assert!(matches!(env.run().await, Ok(Outcome::NoFile)));
     assert!(env.log().contains("was verified before"), "{}", env.log());
     env.upload(&three_rows());
+    assert_eq!(env.run_imported().await.created, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_upload_that_cannot_be_read_does_not_hold_up_the_import() {
+    let env = TenantEnv::new().await;
+    env.account.put(
+        "uploads/user-import.verify.csv",
+        b"First name,Surname\nAda,Lovelace\n",
+    );
+    env.upload(&three_rows());
+    let outcome = env.run().await;
+    assert!(
+        matches!(
+            outcome,
+            Err(JobError::Permanent(Permanent::UnreadableFile(_)))
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        env.log().contains("cannot be verified") && env.log().contains("no Username column"),
+        "{}",
+        env.log()
+    );
+    assert_eq!(writes(&env), 0);
+    // Not tried again: the next run imports /uploads/user-import.csv.
     assert_eq!(env.run_imported().await.created, 3);
 }
 

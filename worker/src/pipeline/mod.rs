@@ -337,18 +337,20 @@ async fn verify_upload(
     max_bytes: u64,
     work_dir: &std::path::Path,
 ) -> Result<Option<Outcome>, JobError> {
-    let fetched = fetch::fetch_from(session, fetch::VERIFY_UPLOAD_PATH, max_bytes, work_dir)
-        .await
-        .map_err(|e| match e {
-            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
-                size: limit + 1,
-                limit,
-            }),
-            other => ftps_error(other),
-        })?;
-    let Some(fetched) = fetched else {
-        return Ok(None);
-    };
+    let fetched =
+        match fetch::fetch_from(session, fetch::VERIFY_UPLOAD_PATH, max_bytes, work_dir).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            // Never in the way of the import: said in the log, and the run goes on.
+            Err(FtpsError::TooLarge { limit }) => {
+                log.line(format!(
+                    "{} is larger than the limit of {limit} bytes: not verified",
+                    fetch::VERIFY_UPLOAD_PATH
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(ftps_error(e)),
+        };
     let marker = hash::marker_name_for(&fetched.sha1, true);
     if session
         .exists_in(hash::MARKER_DIR, &marker)
@@ -373,11 +375,25 @@ async fn verify_upload(
         confirmed: false,
         force_full: false,
     };
-    import::import_and_report(
+    let result = import::import_and_report(
         deps, tenant, key, job, session, log, started, &fetched, &plan,
     )
-    .await
-    .map(Some)
+    .await;
+    match result {
+        Err(JobError::Permanent(why)) => {
+            // A file that cannot be verified is not tried again (its marker), so the import of
+            // /uploads/user-import.csv is not held up by it; the reason is in the log.
+            log.line(format!(
+                "{} cannot be verified: {why}",
+                fetch::VERIFY_UPLOAD_PATH
+            ));
+            if let Err(e) = hash::write_marker_for(session, &fetched.sha1, true).await {
+                log.line(format!("the verify marker could not be written: {e}"));
+            }
+            Err(JobError::Permanent(why))
+        }
+        other => other.map(Some),
+    }
 }
 
 async fn connect(
