@@ -127,6 +127,7 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
         env.run().await,
         Ok(Outcome::AlreadyProcessed { .. })
     ));
+    assert!(env.log().contains("was already verified"), "{}", env.log());
     env.set_tenant_import("");
     let counts = env.run_imported().await;
     assert_eq!((counts.created, counts.updated), (1, 3), "{counts:?}");

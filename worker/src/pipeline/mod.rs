@@ -162,7 +162,11 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
     match &result {
         Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
         Ok(Outcome::AlreadyProcessed { sha1 }) => {
-            log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
+            if tenant.import.verify_only {
+                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"))
+            } else {
+                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
+            }
         }
         Ok(Outcome::Imported { counts, .. }) => log.line(format!(
             "end: imported: {} rows, {} created, {} updated, {} unchanged, {} invalid, {} failed, {} unconfirmed",
