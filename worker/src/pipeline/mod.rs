@@ -172,17 +172,23 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             .unwrap_or_default()
     ));
     let result = stages(deps, tenant, &key, job, &mut session, &log, &mut summary).await;
-    match &result {
-        Err(e) => login_alert(deps, tenant, e, Some(&log)).await,
-        Ok(
-            Outcome::NoFile | Outcome::AlreadyProcessed { .. } | Outcome::UploadIncomplete { .. },
-        ) => no_file_alert(deps, tenant, &log).await,
-        Ok(Outcome::Imported { .. }) => {}
-    }
-    summary.finish(&result, Utc::now());
-    match summary::write(&mut session, &summary).await {
-        Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
-        Err(e) => log.line(format!("the run summary could not be written: {e}")),
+    // A job that lost its lock (or is being stopped) makes no further side effect: another run
+    // owns the tenant now, and will alert and summarise itself.
+    if !job.cancel.is_cancelled() {
+        match &result {
+            Err(e) => login_alert(deps, tenant, e, Some(&log)).await,
+            Ok(
+                Outcome::NoFile
+                | Outcome::AlreadyProcessed { .. }
+                | Outcome::UploadIncomplete { .. },
+            ) => no_file_alert(deps, tenant, &log).await,
+            Ok(Outcome::Imported { .. }) => {}
+        }
+        summary.finish(&result, Utc::now());
+        match summary::write(&mut session, &summary).await {
+            Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
+            Err(e) => log.line(format!("the run summary could not be written: {e}")),
+        }
     }
     match &result {
         Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
@@ -487,7 +493,9 @@ async fn stages(
 
     // archive: the import is done and marked; archive trouble is logged, never fails the job
     let retention = tenant.files.archive_retention_days;
-    if retention > 0 {
+    if retention > 0 && job.cancel.is_cancelled() {
+        log.line("not archived: the job was stopped after the import was done");
+    } else if retention > 0 {
         let clock = Instant::now();
         match archive::archive(
             session,
