@@ -10,6 +10,10 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use shared::Sha1Digest;
 
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::Fetched;
+use super::log::TenantLog;
 use crate::ftps::{FtpsError, FtpsSession};
 
 pub const ARCHIVE_DIR: &str = "/archive";
@@ -68,6 +72,48 @@ pub async fn archive(
         deleted.push(name);
     }
     Ok(Archived { path, deleted })
+}
+
+/// Archives the fetched file and writes what happened to the tenant log; returns the archive's
+/// path. Nothing is done for a job stopped meanwhile (its import is done; only the copy is
+/// missed).
+pub async fn archive_logged(
+    session: &mut FtpsSession,
+    fetched: &Fetched,
+    at: DateTime<Utc>,
+    retention_days: u32,
+    log: &TenantLog,
+    cancel: &CancellationToken,
+) -> Option<String> {
+    if cancel.is_cancelled() {
+        log.line("not archived: the job was stopped after the import was done");
+        return None;
+    }
+    match archive(
+        session,
+        fetched.file.path(),
+        at,
+        &fetched.sha1,
+        retention_days,
+    )
+    .await
+    {
+        Ok(done) => {
+            log.line(format!("archived: {}", done.path));
+            if !done.deleted.is_empty() {
+                log.line(format!(
+                    "archive: deleted {} file(s) older than {retention_days} days: {}",
+                    done.deleted.len(),
+                    done.deleted.join(", ")
+                ));
+            }
+            Some(done.path)
+        }
+        Err(e) => {
+            log.line(format!("the file could not be archived: {e}"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! file is archived ([`archive`]), every run leaves a JSON summary ([`summary`]), and alerts go to
 //! the admin when the account goes quiet or a login is refused ([`crate::alerts`]).
 
+pub mod alerting;
 pub mod archive;
 pub mod fetch;
 pub mod hash;
@@ -28,7 +29,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use uuid::Uuid;
 
-use crate::alerts::{self, Alerts, LoginKind};
+use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::{ImportError, ImportParams};
@@ -149,7 +150,7 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
     let mut session = match connect(deps, tenant, &key).await {
         Ok(s) => s,
         Err(e) => {
-            login_alert(deps, tenant, &e, None).await;
+            alerting::login_refused(deps, tenant, &e, None).await;
             return Err(e);
         }
     };
@@ -176,12 +177,12 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
     // owns the tenant now, and will alert and summarise itself.
     if !job.cancel.is_cancelled() {
         match &result {
-            Err(e) => login_alert(deps, tenant, e, Some(&log)).await,
+            Err(e) => alerting::login_refused(deps, tenant, e, Some(&log)).await,
             Ok(
                 Outcome::NoFile
                 | Outcome::AlreadyProcessed { .. }
                 | Outcome::UploadIncomplete { .. },
-            ) => no_file_alert(deps, tenant, &log).await,
+            ) => alerting::no_new_file(deps, tenant, &log).await,
             Ok(Outcome::Imported { .. }) => {}
         }
         summary.finish(&result, Utc::now());
@@ -492,33 +493,17 @@ async fn stages(
     report_span.record("email_sent", email_sent);
 
     // archive: the import is done and marked; archive trouble is logged, never fails the job
-    let retention = tenant.files.archive_retention_days;
-    if retention > 0 && job.cancel.is_cancelled() {
-        log.line("not archived: the job was stopped after the import was done");
-    } else if retention > 0 {
+    if tenant.files.archive_retention_days > 0 {
         let clock = Instant::now();
-        match archive::archive(
+        summary.archive_path = archive::archive_logged(
             session,
-            fetched.file.path(),
+            &fetched,
             started,
-            &fetched.sha1,
-            retention,
+            tenant.files.archive_retention_days,
+            log,
+            &job.cancel,
         )
-        .await
-        {
-            Ok(done) => {
-                log.line(format!("archived: {}", done.path));
-                if !done.deleted.is_empty() {
-                    log.line(format!(
-                        "archive: deleted {} file(s) older than {retention} days: {}",
-                        done.deleted.len(),
-                        done.deleted.join(", ")
-                    ));
-                }
-                summary.archive_path = Some(done.path);
-            }
-            Err(e) => log.line(format!("the file could not be archived: {e}")),
-        }
+        .await;
         summary.stage("archive", clock.elapsed());
     }
 
@@ -528,84 +513,6 @@ async fn stages(
         report_path,
         email_sent,
     })
-}
-
-/// Emails the admin when the FTPS server or the API refused the tenant's credentials (at most
-/// once a day per kind).
-async fn login_alert(deps: &Deps, tenant: &Tenant, error: &JobError, log: Option<&TenantLog>) {
-    let kind = match error {
-        JobError::Permanent(Permanent::FtpsCredentials) => LoginKind::Ftps,
-        JobError::Permanent(Permanent::ApiCredentials(code)) => LoginKind::Api(*code),
-        _ => return,
-    };
-    if !tenant.alerts.login_failures {
-        return;
-    }
-    let today = Utc::now().date_naive();
-    if !deps
-        .alerts
-        .login_first_today(tenant.name.as_str(), kind, today)
-        .await
-    {
-        return;
-    }
-    let sent = alerts::send(
-        &deps.mailer,
-        tenant,
-        &alerts::login_subject(tenant, kind),
-        alerts::login_body(tenant, kind),
-    )
-    .await;
-    let line = match &sent {
-        Ok(()) => format!(
-            "alert: login refused, emailed to the nominated admin ({})",
-            tenant.admin.username
-        ),
-        Err(why) => format!("alert: login refused, but the alert email could not be sent: {why}"),
-    };
-    match log {
-        Some(log) => log.line(line),
-        None => tracing::warn!(alert_sent = sent.is_ok(), "{line}"),
-    }
-}
-
-/// Emails the admin when no new file has arrived for `alerts.no_file_days` (once per quiet spell).
-async fn no_file_alert(deps: &Deps, tenant: &Tenant, log: &TenantLog) {
-    let days = tenant.alerts.no_file_days;
-    if days == 0 {
-        return;
-    }
-    let name = tenant.name.as_str();
-    let last = match deps.alerts.no_file_due(name, days, Utc::now()).await {
-        Ok(Some(last)) => last,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "the no-file alert could not be judged");
-            return;
-        }
-    };
-    let sent = alerts::send(
-        &deps.mailer,
-        tenant,
-        &alerts::no_file_subject(tenant, days),
-        alerts::no_file_body(tenant, last, days),
-    )
-    .await;
-    match sent {
-        Ok(()) => log.line(format!(
-            "alert: no new file for {days} days (last on {}), emailed to the nominated admin ({})",
-            last.format("%Y-%m-%d %H:%M UTC"),
-            tenant.admin.username
-        )),
-        Err(why) => {
-            log.line(format!(
-                "alert: no new file for {days} days, but the alert email could not be sent: {why}"
-            ));
-            if let Err(e) = deps.alerts.unsend(name).await {
-                tracing::warn!(error = %e, "a failed no-file alert could not be reset");
-            }
-        }
-    }
 }
 
 async fn connect(
