@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use shared::registry::Registry;
 use shared::registry::secrets::SecretSource;
 use shared::settings::Settings;
-use worker::outcome::Permanent;
+use worker::outcome::{Permanent, Retryable};
 use worker::{Deps, JobContext, JobError, Outcome};
 
 use crate::harness;
@@ -371,22 +371,7 @@ async fn a_refused_api_login_alerts_the_admin_once_a_day() {
 async fn a_refused_ftps_login_alerts_the_admin_unless_turned_off() {
     let env = TenantEnv::new().await;
     // The same settings and registry, but a key the FTPS server does not accept.
-    let wrong = |registry_extra: &str| {
-        let secrets = HashMap::from([(
-            SecretSource::env_var_for(
-                &shared::TenantName::parse(env.tenant()).unwrap_or_else(|e| panic!("{e}")),
-            ),
-            "not-the-password".to_owned(),
-        )]);
-        let settings =
-            Settings::load(Some(&env.settings_path), &secrets).unwrap_or_else(|e| panic!("{e}"));
-        let path = env._dir.path().join("tenants.toml");
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")) + registry_extra;
-        let registry = Registry::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        Deps::build(settings, registry, SecretSource::new(None, &secrets))
-            .unwrap_or_else(|e| panic!("{e:#}"))
-    };
+    let wrong = |registry_extra: &str| wrong_key_deps(&env, registry_extra, None);
     let run = |deps: Deps| {
         let tenant = env.tenant().to_owned();
         async move {
@@ -425,6 +410,93 @@ async fn a_refused_ftps_login_alerts_the_admin_unless_turned_off() {
         alerts[0]
     );
     forget(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_alert_store_a_login_alert_is_sent_every_time_rather_than_never() {
+    let env = TenantEnv::new().await;
+    // Nothing listens on port 1: the alert store cannot be reached.
+    let run = || {
+        let deps = wrong_key_deps(&env, "", Some("redis://127.0.0.1:1/"));
+        let tenant = env.tenant().to_owned();
+        async move {
+            worker::process_job(&deps, &tenant, JobContext::manual(uuid::Uuid::new_v4())).await
+        }
+    };
+    for _ in 0..2 {
+        let outcome = run().await;
+        assert!(
+            matches!(
+                outcome,
+                Err(JobError::Permanent(Permanent::FtpsCredentials))
+            ),
+            "{outcome:?}"
+        );
+    }
+    let mails = env.mails(2).await;
+    assert_eq!(alerts_for(&env, &mails).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_writes_no_summary_and_the_next_run_does() {
+    let env = TenantEnv::with(Options {
+        api_key_on_platform: Some("a-rotated-key-the-worker-does-not-have".into()),
+        ..Options::default()
+    })
+    .await;
+    env.upload(&users(&["ann"]));
+    let job = JobContext::manual(uuid::Uuid::new_v4());
+    job.cancel.cancel(); // as when the tenant lock is lost
+    let outcome = worker::process_job(&env.deps, env.tenant(), job).await;
+    assert!(
+        matches!(outcome, Err(JobError::Retryable(Retryable::Cancelled))),
+        "{outcome:?}"
+    );
+    assert!(
+        env.log().contains("end: failed, will be retried"),
+        "{}",
+        env.log()
+    );
+    assert_eq!(env.account.read("reports/latest-summary.json"), None);
+    assert!(env.fake.users(&env.domain).is_empty());
+    assert!(alert_subjects(&env).await.is_empty());
+
+    // The same tenant's next run does both.
+    let outcome = env.run().await;
+    assert!(
+        matches!(
+            outcome,
+            Err(JobError::Permanent(Permanent::ApiCredentials(_)))
+        ),
+        "{outcome:?}"
+    );
+    let latest = json(
+        env.account.read("reports/latest-summary.json"),
+        "latest summary",
+    );
+    assert_eq!(latest["error"]["reason"], "bad-api-credentials");
+    assert_eq!(alerts_for(&env, &env.mails(1).await).len(), 1);
+    forget(&env).await;
+}
+
+/// `Deps` from the test's settings and registry (plus `registry_extra` in the tenant's entry),
+/// with a key that neither the FTPS server nor the API accepts.
+fn wrong_key_deps(env: &TenantEnv, registry_extra: &str, redis_url: Option<&str>) -> Deps {
+    let tenant = shared::TenantName::parse(env.tenant()).unwrap_or_else(|e| panic!("{e}"));
+    let mut vars = HashMap::from([(
+        SecretSource::env_var_for(&tenant),
+        "not-the-password".to_owned(),
+    )]);
+    if let Some(url) = redis_url {
+        vars.insert("USER_IMPORT__REDIS__URL".into(), url.into());
+    }
+    let settings =
+        Settings::load(Some(&env.settings_path), &vars).unwrap_or_else(|e| panic!("{e}"));
+    let path = env._dir.path().join("tenants.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")) + registry_extra;
+    let registry = Registry::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    Deps::build(settings, registry, SecretSource::new(None, &vars))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
