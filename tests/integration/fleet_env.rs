@@ -111,6 +111,7 @@ ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
 enabled = {enabled}
+files = {{ settle = "100ms" }}
 {schedule}
 "#,
                 schedule = opts

@@ -37,7 +37,13 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub concurrency: usize,
     pub extra_settings: String,
+    /// Lines added to the tenant's registry entry (its `files`, `alerts`, … tables). The default
+    /// shortens the settle interval so that tests do not wait the production default.
+    pub tenant_settings: String,
 }
+
+/// The tenant settings of [`Options::default`].
+pub const FAST_SETTLE: &str = r#"files = { settle = "100ms" }"#;
 
 impl Default for Options {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for Options {
             ca_file: None,
             concurrency: 4,
             extra_settings: String::new(),
+            tenant_settings: FAST_SETTLE.to_owned(),
         }
     }
 }
@@ -82,11 +89,13 @@ api_base_url = "{base}"
 ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "{admin_email}" }}
+{tenant_settings}
 "#,
             user = account.user,
             base = fake.base_url(),
             host = ftps.host,
             port = ftps.port,
+            tenant_settings = opts.tenant_settings,
         );
         let registry_path = dir.path().join("tenants.toml");
         std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
@@ -113,6 +122,9 @@ backoff_max = "500ms"
 retry_after_max = "2s"
 status_poll_interval = "20ms"
 status_timeout = "10s"
+[redis]
+url = "{redis_url}"
+key_prefix = "{redis_prefix}"
 [import]
 concurrency = {concurrency}
 progress_every = 2
@@ -124,6 +136,8 @@ progress_every = 2
             smtp_host = smtp.host,
             smtp_port = smtp.port,
             concurrency = opts.concurrency,
+            redis_url = harness::redis_url(),
+            redis_prefix = redis_prefix(&account.user),
             extra = opts.extra_settings,
         );
         let settings_path = dir.path().join("settings.toml");
@@ -178,11 +192,21 @@ progress_every = 2
             .unwrap_or_default()
     }
 
-    /// The reports on the account, by name.
+    /// The per-record reports (CSV) on the account, by name.
     pub fn reports(&self) -> Vec<String> {
-        let mut r = self.account.list("reports");
+        let mut r: Vec<String> = self
+            .account
+            .list("reports")
+            .into_iter()
+            .filter(|n| n.ends_with(".csv"))
+            .collect();
         r.sort();
         r
+    }
+
+    /// The tenant's Redis key prefix (the fleet's `redis.key_prefix` in its settings).
+    pub fn redis_prefix(&self) -> String {
+        redis_prefix(&self.account.user)
     }
 
     pub fn report(&self, name: &str) -> String {
@@ -208,6 +232,11 @@ progress_every = 2
             .wait_for_messages(&self.admin_email, n, Duration::from_secs(20))
             .await
     }
+}
+
+/// Each test's own Redis keys: the account names are unique per test.
+fn redis_prefix(user: &str) -> String {
+    format!("test-tenant-env-{user}")
 }
 
 fn name(s: &str) -> shared::TenantName {

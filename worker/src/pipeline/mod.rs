@@ -1,15 +1,23 @@
 //! The pipeline for one job of one tenant: fetch → hash → import → report. [`process_job`] is the
 //! single entry point: the queue consumer calls it, `worker once` calls it, tests call it.
 //! Stages never read the environment or open their own clients: everything comes in [`Deps`].
+//! Around the stages: the upload must have settled before it is imported ([`settle`]), an imported
+//! file is archived ([`archive`]), every run leaves a JSON summary ([`summary`]), and alerts go to
+//! the admin when the account goes quiet or a login is refused ([`crate::alerts`]).
 
+pub mod alerting;
+pub mod archive;
 pub mod fetch;
 pub mod hash;
 pub mod log;
 pub mod report;
+pub mod settle;
 pub mod span;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use chrono::Utc;
 use shared::job::Trigger;
@@ -21,6 +29,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use uuid::Uuid;
 
+use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::{ImportError, ImportParams};
@@ -28,6 +37,7 @@ use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
 use log::{LogTarget, TenantLog};
+use summary::RunSummary;
 
 /// Everything a job needs, built once at start-up.
 #[derive(Debug)]
@@ -38,6 +48,8 @@ pub struct Deps {
     pub http: reqwest::Client,
     pub ftps: FtpsConnector,
     pub mailer: Mailer,
+    /// Alert state (Redis, under the fleet's key prefix).
+    pub alerts: Alerts,
     /// The process's metrics (`/metrics` of `worker run`).
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -52,6 +64,7 @@ impl Deps {
             http: PlatformClient::http_client(&settings.platform)?,
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
+            alerts: Alerts::from_settings(&settings.redis)?,
             metrics: Arc::new(WorkerMetrics::default()),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
@@ -132,8 +145,15 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
         .api_key(&tenant.name)
         .map_err(|e| Permanent::MissingKey(e.to_string()))?;
     let started = Utc::now();
+    let mut summary = RunSummary::start(tenant.name.as_str(), job.job_id, job.trigger, started);
 
-    let mut session = connect(deps, tenant, &key).await?;
+    let mut session = match connect(deps, tenant, &key).await {
+        Ok(s) => s,
+        Err(e) => {
+            alerting::login_refused(deps, tenant, &e, None).await;
+            return Err(e);
+        }
+    };
     let log_session = connect(deps, tenant, &key).await?;
     let target = LogTarget {
         connector: deps.ftps.clone(),
@@ -152,9 +172,31 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             .map(|f| format!(", lock fence {f}"))
             .unwrap_or_default()
     ));
-    let result = stages(deps, tenant, &key, job, &mut session, &log, started).await;
+    let result = stages(deps, tenant, &key, job, &mut session, &log, &mut summary).await;
+    // A job that lost its lock (or is being stopped) makes no further side effect: another run
+    // owns the tenant now, and will alert and summarise itself.
+    if !job.cancel.is_cancelled() {
+        match &result {
+            Err(e) => alerting::login_refused(deps, tenant, e, Some(&log)).await,
+            Ok(
+                Outcome::NoFile
+                | Outcome::AlreadyProcessed { .. }
+                | Outcome::UploadIncomplete { .. },
+            ) => alerting::no_new_file(deps, tenant, &log).await,
+            Ok(Outcome::Imported { .. }) => {}
+        }
+        summary.finish(&result, Utc::now());
+        match summary::write(&mut session, &summary).await {
+            Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
+            Err(e) => log.line(format!("the run summary could not be written: {e}")),
+        }
+    }
     match &result {
         Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
+        Ok(Outcome::UploadIncomplete { size_before, size_after }) => log.line(format!(
+            "end: left for the next run: the file is still being uploaded (it changed while being looked at: {size_before} bytes, then {})",
+            size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
+        )),
         Ok(Outcome::AlreadyProcessed { sha1 }) => {
             log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
         }
@@ -183,8 +225,9 @@ async fn stages(
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    started: chrono::DateTime<Utc>,
+    summary: &mut RunSummary,
 ) -> Result<Outcome, JobError> {
+    let started = summary.started_at;
     let settings = &deps.settings;
     let metrics = &deps.metrics;
     let max_bytes = tenant
@@ -195,8 +238,16 @@ async fn stages(
         });
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
 
-    // fetch
+    // fetch, after a first look at the file's size and time (see `settle`)
     job.check()?;
+    let clock = Instant::now();
+    let first = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    let Some(first) = first else {
+        summary.stage("fetch", clock.elapsed());
+        return Ok(Outcome::NoFile);
+    };
     let span = tracing::info_span!(
         "fetch",
         file.size = Empty,
@@ -218,9 +269,16 @@ async fn stages(
             other => ftps_error(other),
         });
     span::failed_on(&span, &fetched);
+    summary.stage("fetch", clock.elapsed());
     let Some(fetched) = fetched? else {
         return Ok(Outcome::NoFile);
     };
+    summary.file = Some(summary::FileSummary {
+        path: fetch::UPLOAD_PATH,
+        size: fetched.size,
+        sha1: Some(fetched.sha1.to_string()),
+        ..Default::default()
+    });
     span.record("file.size", fetched.size);
     log.line(format!(
         "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
@@ -228,6 +286,7 @@ async fn stages(
     ));
 
     // hash
+    let clock = Instant::now();
     let span = tracing::info_span!(
         "hash",
         file.sha1 = %fetched.sha1,
@@ -245,13 +304,37 @@ async fn stages(
         .map_err(ftps_error);
     span::failed_on(&span, &seen);
     let seen = seen?;
+    summary.stage("hash", clock.elapsed());
     span.record("already_processed", seen);
     if seen {
         return Ok(Outcome::AlreadyProcessed {
             sha1: fetched.sha1.to_string(),
         });
     }
+
+    // settle: a new version is imported only if it stood still for the settle interval
     job.check()?;
+    let clock = Instant::now();
+    settle::wait(&first, tenant.files.settle, &job.cancel).await;
+    job.check()?;
+    let second = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    summary.stage("settle", clock.elapsed());
+    if !settle::settled(&first, second.as_ref(), fetched.size) {
+        return Ok(Outcome::UploadIncomplete {
+            size_before: first.size,
+            size_after: second.map(|s| s.size),
+        });
+    }
+    if tenant.alerts.no_file_days > 0
+        && let Err(e) = deps
+            .alerts
+            .new_file(tenant.name.as_str(), fetched.sha1.as_str(), Utc::now())
+            .await
+    {
+        tracing::warn!(error = %e, "the arrival of a new file could not be recorded for alerts");
+    }
     log.line("new version of the file: importing");
 
     // import
@@ -298,7 +381,8 @@ async fn stages(
         otel.status_description = Empty,
         error.type = Empty,
     );
-    let summary = metrics
+    let clock = Instant::now();
+    let imported = metrics
         .time(
             Stage::Import,
             crate::import::run(
@@ -324,7 +408,8 @@ async fn stages(
     ] {
         span.record(field, counter.load(std::sync::atomic::Ordering::Relaxed));
     }
-    let summary = summary.map_err(|e| match e {
+    summary.stage("import", clock.elapsed());
+    let imported = imported.map_err(|e| match e {
         ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
         ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
         ImportError::Unreadable(m) => Permanent::UnreadableFile(m).into(),
@@ -338,11 +423,15 @@ async fn stages(
         ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
         ImportError::Cancelled => Retryable::Cancelled.into(),
     });
-    span::failed_on(&span, &summary);
-    let summary = summary?;
+    span::failed_on(&span, &imported);
+    let imported = imported?;
+    if let Some(file) = summary.file.as_mut() {
+        file.encoding = Some(imported.encoding.label());
+        file.delimiter = Some(imported.delimiter.to_string());
+    }
     log.line(format!(
         "import done: {} rows; API requests {}, retries {}, rate-limited {}",
-        summary.counts.rows,
+        imported.counts.rows,
         stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         stats.retries.load(std::sync::atomic::Ordering::Relaxed),
         stats
@@ -358,16 +447,17 @@ async fn stages(
         otel.status_description = Empty,
         error.type = Empty,
     );
+    let clock = Instant::now();
     let report_path = report::report_path(started, &fetched.sha1);
     let email_sent = async {
         job.check()?;
-        report::upload_results(session, &summary, &report_path)
+        report::upload_results(session, &imported, &report_path)
             .await
             .map_err(ftps_error)?;
         log.line(format!("report written: {report_path}"));
         let ctx = report::EmailContext {
             tenant,
-            summary: &summary,
+            summary: &imported,
             sha1: &fetched.sha1,
             size: fetched.size,
             report_path: &report_path,
@@ -398,12 +488,28 @@ async fn stages(
     .instrument(report_span.clone());
     let email_sent = metrics.time(Stage::Report, email_sent).await;
     span::failed_on(&report_span, &email_sent);
+    summary.stage("report", clock.elapsed());
     let email_sent = email_sent?;
     report_span.record("email_sent", email_sent);
 
+    // archive: the import is done and marked; archive trouble is logged, never fails the job
+    if tenant.files.archive_retention_days > 0 {
+        let clock = Instant::now();
+        summary.archive_path = archive::archive_logged(
+            session,
+            &fetched,
+            started,
+            tenant.files.archive_retention_days,
+            log,
+            &job.cancel,
+        )
+        .await;
+        summary.stage("archive", clock.elapsed());
+    }
+
     Ok(Outcome::Imported {
         sha1: fetched.sha1.to_string(),
-        counts: summary.counts,
+        counts: imported.counts,
         report_path,
         email_sent,
     })
