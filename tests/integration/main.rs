@@ -12,6 +12,8 @@
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
+//! - `tenant_files`: what tenant admins get around the import: upload completeness, the archive,
+//!   the run summary JSON, and alert emails (no new file, refused logins).
 //! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
 //!   as processes.
 //! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
@@ -35,4 +37,5 @@ mod scheduler;
 mod security;
 mod services;
 mod tenant_env;
+mod tenant_files;
 mod tenant_options;

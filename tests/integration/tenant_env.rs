@@ -46,7 +46,13 @@ pub struct Options {
     pub tenant_import: String,
     /// `redis.url` (default: the test Redis).
     pub redis_url: Option<String>,
+    /// Lines added to the tenant's registry entry (its `files`, `alerts`, … tables). The default
+    /// shortens the settle interval so that tests do not wait the production default.
+    pub tenant_settings: String,
 }
+
+/// The tenant settings of [`Options::default`].
+pub const FAST_SETTLE: &str = r#"files = { settle = "100ms" }"#;
 
 impl Default for Options {
     fn default() -> Self {
@@ -57,6 +63,7 @@ impl Default for Options {
             extra_settings: String::new(),
             tenant_import: String::new(),
             redis_url: None,
+            tenant_settings: FAST_SETTLE.to_owned(),
         }
     }
 }
@@ -93,11 +100,13 @@ api_base_url = "{base}"
 ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "{admin_email}" }}
+{tenant_settings}
 "#,
             user = account.user,
             base = fake.base_url(),
             host = ftps.host,
             port = ftps.port,
+            tenant_settings = opts.tenant_settings,
         );
         let registry_path = dir.path().join("tenants.toml");
         std::fs::write(
@@ -105,7 +114,7 @@ admin = {{ username = "{user}.admin", email = "{admin_email}" }}
             format!("{registry}[tenant.import]\n{}\n", opts.tenant_import),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let redis_prefix = format!("test-import-{}", uuid::Uuid::new_v4().simple());
+        let redis_prefix = redis_prefix_of(&account.user);
         let settings = format!(
             r#"
 work_dir = "{work}"
@@ -211,11 +220,21 @@ progress_every = 2
             .unwrap_or_default()
     }
 
-    /// The reports on the account, by name.
+    /// The per-record reports (CSV) on the account, by name.
     pub fn reports(&self) -> Vec<String> {
-        let mut r = self.account.list("reports");
+        let mut r: Vec<String> = self
+            .account
+            .list("reports")
+            .into_iter()
+            .filter(|n| n.ends_with(".csv"))
+            .collect();
         r.sort();
         r
+    }
+
+    /// The tenant's Redis key prefix (the fleet's `redis.key_prefix` in its settings).
+    pub fn redis_prefix(&self) -> String {
+        self.redis_prefix.clone()
     }
 
     pub fn report(&self, name: &str) -> String {
@@ -241,6 +260,11 @@ progress_every = 2
             .wait_for_messages(&self.admin_email, n, Duration::from_secs(20))
             .await
     }
+}
+
+/// Each test's own Redis keys: the account names are unique per test.
+fn redis_prefix_of(user: &str) -> String {
+    format!("test-tenant-env-{user}")
 }
 
 fn name(s: &str) -> shared::TenantName {

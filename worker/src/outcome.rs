@@ -36,6 +36,12 @@ pub enum Outcome {
     NoFile,
     /// This exact version of the file was processed before (its marker is in `/tmp`).
     AlreadyProcessed { sha1: String },
+    /// The file's size or modification time changed between two looks (an upload still in
+    /// progress): it is left untouched for the next run.
+    UploadIncomplete {
+        size_before: u64,
+        size_after: Option<u64>,
+    },
     /// The file was imported to its end (per-row failures included).
     Imported {
         sha1: String,
@@ -65,6 +71,7 @@ impl Outcome {
         match self {
             Outcome::NoFile => "no-file",
             Outcome::AlreadyProcessed { .. } => "already-processed",
+            Outcome::UploadIncomplete { .. } => "upload-incomplete",
             Outcome::Imported { .. } => "imported",
             Outcome::Verified { .. } => "verified",
             Outcome::Held { .. } => "held",

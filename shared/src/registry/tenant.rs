@@ -1,6 +1,8 @@
 //! One tenant's entry: parsed from its TOML table (defaults merged in), then validated field by
 //! field so an error can name the field.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use url::Url;
 
@@ -22,6 +24,8 @@ pub struct Tenant {
     pub enabled: bool,
     pub limits: TenantLimits,
     pub import: ImportOptions,
+    pub files: FileOptions,
+    pub alerts: AlertOptions,
 }
 
 /// The nominated admin: the identity the import acts as (recorded in the log and the report) and
@@ -109,6 +113,34 @@ impl Default for MassChangeGuard {
     }
 }
 
+/// What happens to the tenant's file around an import (`[tenants.<name>.files]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileOptions {
+    /// The file's size and modification time are looked at twice, at least this far apart; a
+    /// file still changing is left for the next run (an upload in progress is never imported).
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// Each imported file is copied to `/archive/` and kept this many days; 0 = no archive.
+    pub archive_retention_days: u32,
+}
+
+impl FileOptions {
+    /// The longest settle interval: a job must not hold its tenant lock waiting.
+    pub const MAX_SETTLE: Duration = Duration::from_secs(300);
+    /// Ten years: a longer retention is a typo.
+    pub const MAX_RETENTION_DAYS: u32 = 3650;
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(5),
+            archive_retention_days: 30,
+        }
+    }
+}
+
 impl MassChangeGuard {
     /// Whether `changes` out of `base` existing users goes over both thresholds.
     pub fn exceeded(count: u64, percent: u8, changes: u64, base: u64) -> bool {
@@ -136,6 +168,29 @@ impl MassChangeGuard {
     }
 }
 
+/// The emails sent to the nominated admin besides the run report (`[tenants.<name>.alerts]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertOptions {
+    /// Alert when no new file has arrived for this many days; 0 = off.
+    pub no_file_days: u32,
+    /// Alert when the FTPS server or the platform API refuses the tenant's credentials.
+    pub login_failures: bool,
+}
+
+impl AlertOptions {
+    pub const MAX_NO_FILE_DAYS: u32 = 366;
+}
+
+impl Default for AlertOptions {
+    fn default() -> Self {
+        Self {
+            no_file_days: 0,
+            login_failures: true,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenant {
@@ -157,6 +212,10 @@ struct RawTenant {
     limits: TenantLimits,
     #[serde(default)]
     import: ImportOptions,
+    #[serde(default)]
+    files: FileOptions,
+    #[serde(default)]
+    alerts: AlertOptions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +312,30 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
             "must be at least 1",
         ));
     }
+    if raw.files.settle > FileOptions::MAX_SETTLE {
+        return Err(field(
+            "files.settle",
+            format!(
+                "must be at most {}",
+                humantime::format_duration(FileOptions::MAX_SETTLE)
+            ),
+        ));
+    }
+    if raw.files.archive_retention_days > FileOptions::MAX_RETENTION_DAYS {
+        return Err(field(
+            "files.archive_retention_days",
+            format!(
+                "must be 0 (no archive) to {}",
+                FileOptions::MAX_RETENTION_DAYS
+            ),
+        ));
+    }
+    if raw.alerts.no_file_days > AlertOptions::MAX_NO_FILE_DAYS {
+        return Err(field(
+            "alerts.no_file_days",
+            format!("must be 0 (off) to {}", AlertOptions::MAX_NO_FILE_DAYS),
+        ));
+    }
     Ok(Tenant {
         name,
         region,
@@ -268,6 +351,8 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         enabled: raw.enabled,
         limits: raw.limits,
         import: raw.import,
+        files: raw.files,
+        alerts: raw.alerts,
     })
 }
 

@@ -222,3 +222,46 @@ fn the_guard_holds_only_over_both_thresholds() {
     };
     assert!(!off.deactivations_exceeded(1000, 1000));
 }
+
+#[test]
+fn file_and_alert_settings_have_safe_defaults_and_are_checked() {
+    let r = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.files, FileOptions::default());
+    assert_eq!(acme.files.settle, std::time::Duration::from_secs(5));
+    assert_eq!(acme.files.archive_retention_days, 30);
+    assert_eq!(acme.alerts.no_file_days, 0, "the no-file alert is off");
+    assert!(acme.alerts.login_failures, "login alerts are on");
+
+    let set = acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nfiles = { settle = \"750ms\", archive_retention_days = 0 }\nalerts = { no_file_days = 3, login_failures = false }",
+    );
+    let r = parse(&set).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.files.settle, std::time::Duration::from_millis(750));
+    assert_eq!(acme.files.archive_retention_days, 0);
+    assert_eq!(acme.alerts.no_file_days, 3);
+    assert!(!acme.alerts.login_failures);
+
+    for (line, field) in [
+        ("files = { settle = \"1h\" }", "files.settle"),
+        (
+            "files = { archive_retention_days = 99999 }",
+            "files.archive_retention_days",
+        ),
+        ("alerts = { no_file_days = 1000 }", "alerts.no_file_days"),
+    ] {
+        let e = error_of(&acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\n{line}"),
+        ));
+        assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+    }
+    let e = error_of(&acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nalerts = { no_file_dayz = 2 }",
+    ));
+    assert!(e.to_string().contains("no_file_dayz"), "{e}");
+}

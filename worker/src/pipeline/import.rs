@@ -3,13 +3,14 @@
 //! mass-change guard holds leaves the held marker and emails the admin instead.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use chrono::Utc;
 use shared::registry::Tenant;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::{Deps, JobContext, fetch, ftps_error, guard, hash, report, span};
+use super::summary::RunSummary;
+use super::{Deps, JobContext, archive, fetch, ftps_error, guard, hash, report, span};
 use crate::ftps::FtpsSession;
 use crate::import::{ImportError, ImportParams, Run};
 use crate::metrics::Stage;
@@ -38,10 +39,11 @@ pub async fn import_and_report(
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    started: chrono::DateTime<Utc>,
+    run_summary: &mut RunSummary,
     fetched: &fetch::Fetched,
     plan: &Plan,
 ) -> Result<Outcome, JobError> {
+    let started = run_summary.started_at;
     let settings = &deps.settings;
     let metrics = &deps.metrics;
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -110,6 +112,7 @@ pub async fn import_and_report(
         otel.status_description = Empty,
         error.type = Empty,
     );
+    let clock = Instant::now();
     let summary = metrics
         .time(
             Stage::Import,
@@ -136,6 +139,7 @@ pub async fn import_and_report(
     ] {
         span.record(field, counter.load(std::sync::atomic::Ordering::Relaxed));
     }
+    run_summary.stage("import", clock.elapsed());
     let summary = summary.map_err(|e| match e {
         ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
         ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
@@ -156,6 +160,10 @@ pub async fn import_and_report(
         Run::Done(summary) => summary,
         Run::Held(h) => return hold(deps, tenant, job, session, log, fetched, h).await,
     };
+    if let Some(file) = run_summary.file.as_mut() {
+        file.encoding = Some(summary.encoding.label());
+        file.delimiter = Some(summary.delimiter.to_string());
+    }
     log.line(format!(
         "{} done: {} rows; API requests {}, retries {}, rate-limited {}",
         if verify { "verify" } else { "import" },
@@ -175,6 +183,7 @@ pub async fn import_and_report(
         otel.status_description = Empty,
         error.type = Empty,
     );
+    let clock = Instant::now();
     let report_path = report::report_path_for(started, &fetched.sha1, verify);
     let email_sent = async {
         job.check()?;
@@ -237,8 +246,24 @@ pub async fn import_and_report(
     .instrument(report_span.clone());
     let email_sent = metrics.time(Stage::Report, email_sent).await;
     span::failed_on(&report_span, &email_sent);
+    run_summary.stage("report", clock.elapsed());
     let email_sent = email_sent?;
     report_span.record("email_sent", email_sent);
+
+    // archive: the import is done and marked; archive trouble is logged, never fails the job
+    if !verify && tenant.files.archive_retention_days > 0 {
+        let clock = Instant::now();
+        run_summary.archive_path = archive::archive_logged(
+            session,
+            fetched,
+            started,
+            tenant.files.archive_retention_days,
+            log,
+            &job.cancel,
+        )
+        .await;
+        run_summary.stage("archive", clock.elapsed());
+    }
 
     let (sha1, counts) = (fetched.sha1.to_string(), summary.counts);
     Ok(if verify {

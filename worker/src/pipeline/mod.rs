@@ -1,17 +1,25 @@
 //! The pipeline for one job of one tenant: fetch → hash → import → report. [`process_job`] is the
 //! single entry point: the queue consumer calls it, `worker once` calls it, tests call it.
 //! Stages never read the environment or open their own clients: everything comes in [`Deps`].
+//! Around the stages: the upload must have settled before it is imported ([`settle`]), an imported
+//! file is archived ([`archive`]), every run leaves a JSON summary ([`summary`]), and alerts go to
+//! the admin when the account goes quiet or a login is refused ([`crate::alerts`]).
 
+pub mod alerting;
+pub mod archive;
 pub mod fetch;
 pub mod guard;
 pub mod hash;
 pub mod import;
 pub mod log;
 pub mod report;
+pub mod settle;
 pub mod span;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use chrono::Utc;
 use shared::job::Trigger;
@@ -23,6 +31,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use uuid::Uuid;
 
+use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::store::ImportStore;
@@ -30,6 +39,7 @@ use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
 use log::{LogTarget, TenantLog};
+use summary::RunSummary;
 
 /// Everything a job needs, built once at start-up.
 #[derive(Debug)]
@@ -42,6 +52,8 @@ pub struct Deps {
     pub mailer: Mailer,
     /// What the import remembers per tenant (Redis; connects only when an option needs it).
     pub store: ImportStore,
+    /// Alert state (Redis, under the fleet's key prefix).
+    pub alerts: Alerts,
     /// The process's metrics (`/metrics` of `worker run`).
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -57,6 +69,7 @@ impl Deps {
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
             store: ImportStore::from_settings(&settings.redis)?,
+            alerts: Alerts::from_settings(&settings.redis)?,
             metrics: Arc::new(WorkerMetrics::default()),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
@@ -138,8 +151,15 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
         .api_key(&tenant.name)
         .map_err(|e| Permanent::MissingKey(e.to_string()))?;
     let started = Utc::now();
+    let mut summary = RunSummary::start(tenant.name.as_str(), job.job_id, job.trigger, started);
 
-    let mut session = connect(deps, tenant, &key).await?;
+    let mut session = match connect(deps, tenant, &key).await {
+        Ok(s) => s,
+        Err(e) => {
+            alerting::login_refused(deps, tenant, &e, None).await;
+            return Err(e);
+        }
+    };
     let log_session = connect(deps, tenant, &key).await?;
     let target = LogTarget {
         connector: deps.ftps.clone(),
@@ -158,9 +178,31 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             .map(|f| format!(", lock fence {f}"))
             .unwrap_or_default()
     ));
-    let result = stages(deps, tenant, &key, job, &mut session, &log, started).await;
+    let result = stages(deps, tenant, &key, job, &mut session, &log, &mut summary).await;
+    // A job that lost its lock (or is being stopped) makes no further side effect: another run
+    // owns the tenant now, and will alert and summarise itself.
+    if !job.cancel.is_cancelled() {
+        match &result {
+            Err(e) => alerting::login_refused(deps, tenant, e, Some(&log)).await,
+            Ok(
+                Outcome::NoFile
+                | Outcome::AlreadyProcessed { .. }
+                | Outcome::UploadIncomplete { .. },
+            ) => alerting::no_new_file(deps, tenant, &log).await,
+            Ok(Outcome::Imported { .. } | Outcome::Verified { .. } | Outcome::Held { .. }) => {}
+        }
+        summary.finish(&result, Utc::now());
+        match summary::write(&mut session, &summary).await {
+            Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
+            Err(e) => log.line(format!("the run summary could not be written: {e}")),
+        }
+    }
     match &result {
         Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
+        Ok(Outcome::UploadIncomplete { size_before, size_after }) => log.line(format!(
+            "end: left for the next run: the file is still being uploaded (it changed while being looked at: {size_before} bytes, then {})",
+            size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
+        )),
         Ok(Outcome::AlreadyProcessed { sha1 }) => {
             if tenant.import.verify_only {
                 log.line(format!("end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"))
@@ -201,7 +243,7 @@ async fn stages(
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    started: chrono::DateTime<Utc>,
+    summary: &mut RunSummary,
 ) -> Result<Outcome, JobError> {
     let settings = &deps.settings;
     let metrics = &deps.metrics;
@@ -216,15 +258,23 @@ async fn stages(
     // A verify upload not verified yet takes this run (the import waits for the next one).
     job.check()?;
     if let Some(outcome) = verify_upload(
-        deps, tenant, key, job, session, log, started, max_bytes, &work_dir,
+        deps, tenant, key, job, session, log, summary, max_bytes, &work_dir,
     )
     .await?
     {
         return Ok(outcome);
     }
 
-    // fetch
+    // fetch, after a first look at the file's size and time (see `settle`)
     job.check()?;
+    let clock = Instant::now();
+    let first = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    let Some(first) = first else {
+        summary.stage("fetch", clock.elapsed());
+        return Ok(Outcome::NoFile);
+    };
     let span = tracing::info_span!(
         "fetch",
         file.size = Empty,
@@ -246,9 +296,16 @@ async fn stages(
             other => ftps_error(other),
         });
     span::failed_on(&span, &fetched);
+    summary.stage("fetch", clock.elapsed());
     let Some(fetched) = fetched? else {
         return Ok(Outcome::NoFile);
     };
+    summary.file = Some(summary::FileSummary {
+        path: fetch::UPLOAD_PATH,
+        size: fetched.size,
+        sha1: Some(fetched.sha1.to_string()),
+        ..Default::default()
+    });
     span.record("file.size", fetched.size);
     log.line(format!(
         "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
@@ -256,6 +313,7 @@ async fn stages(
     ));
 
     // hash
+    let clock = Instant::now();
     let span = tracing::info_span!(
         "hash",
         file.sha1 = %fetched.sha1,
@@ -277,6 +335,7 @@ async fn stages(
         .map_err(ftps_error);
     span::failed_on(&span, &seen);
     let seen = seen?;
+    summary.stage("hash", clock.elapsed());
     span.record("already_processed", seen);
     if seen {
         if verify {
@@ -288,6 +347,31 @@ async fn stages(
             sha1: fetched.sha1.to_string(),
         });
     }
+
+    // settle: a new version is imported only if it stood still for the settle interval
+    job.check()?;
+    let clock = Instant::now();
+    settle::wait(&first, tenant.files.settle, &job.cancel).await;
+    job.check()?;
+    let second = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    summary.stage("settle", clock.elapsed());
+    if !settle::settled(&first, second.as_ref(), fetched.size) {
+        return Ok(Outcome::UploadIncomplete {
+            size_before: first.size,
+            size_after: second.map(|s| s.size),
+        });
+    }
+    if tenant.alerts.no_file_days > 0
+        && let Err(e) = deps
+            .alerts
+            .new_file(tenant.name.as_str(), fetched.sha1.as_str(), Utc::now())
+            .await
+    {
+        tracing::warn!(error = %e, "the arrival of a new file could not be recorded for alerts");
+    }
+
     // The mass-change guard: a held file waits for the admin's confirmation, without API calls.
     let guard_enabled = tenant.import.mass_change_guard.enabled && !verify;
     let guard_state = if guard_enabled {
@@ -322,7 +406,7 @@ async fn stages(
         force_full,
     };
     import::import_and_report(
-        deps, tenant, key, job, session, log, started, &fetched, &plan,
+        deps, tenant, key, job, session, log, summary, &fetched, &plan,
     )
     .await
 }
@@ -337,7 +421,7 @@ async fn verify_upload(
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    started: chrono::DateTime<Utc>,
+    summary: &mut RunSummary,
     max_bytes: u64,
     work_dir: &std::path::Path,
 ) -> Result<Option<Outcome>, JobError> {
@@ -373,6 +457,12 @@ async fn verify_upload(
         fetched.size,
         fetched.sha1
     ));
+    summary.file = Some(summary::FileSummary {
+        path: fetch::VERIFY_UPLOAD_PATH,
+        size: fetched.size,
+        sha1: Some(fetched.sha1.to_string()),
+        ..Default::default()
+    });
     let plan = import::Plan {
         source: fetch::VERIFY_UPLOAD_PATH,
         verify: true,
@@ -380,7 +470,7 @@ async fn verify_upload(
         force_full: false,
     };
     let result = import::import_and_report(
-        deps, tenant, key, job, session, log, started, &fetched, &plan,
+        deps, tenant, key, job, session, log, summary, &fetched, &plan,
     )
     .await;
     match result {
