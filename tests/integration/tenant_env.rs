@@ -28,7 +28,8 @@ pub struct TenantEnv {
     pub settings_path: PathBuf,
     pub deps: Deps,
     /// The registry as first written, without the tenant's `[tenant.import]` table.
-    registry_base: String,
+    /// The registry text up to the tenant's `[tenant.import]` table.
+    pub registry_base: String,
     registry_path: PathBuf,
     /// The test's own Redis key prefix.
     pub redis_prefix: String,

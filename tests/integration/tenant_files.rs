@@ -493,7 +493,8 @@ fn wrong_key_deps(env: &TenantEnv, registry_extra: &str, redis_url: Option<&str>
     let settings =
         Settings::load(Some(&env.settings_path), &vars).unwrap_or_else(|e| panic!("{e}"));
     let path = env._dir.path().join("tenants.toml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")) + registry_extra;
+    // The tenant's entry without its `[tenant.import]` table, so that the extra lines land in it.
+    let text = format!("{}{registry_extra}\n", env.registry_base);
     let registry = Registry::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
     Deps::build(settings, registry, SecretSource::new(None, &vars))
         .unwrap_or_else(|e| panic!("{e:#}"))

@@ -108,6 +108,21 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
     assert_eq!(row_of(&rows, "lin"), ("activate", "would-update"));
     assert_eq!(row_of(&rows, "bad user"), ("none", "error"));
 
+    // The run summary says what happened; a verified file is not archived.
+    let latest: serde_json::Value = serde_json::from_slice(
+        &env.account
+            .read("reports/latest-summary.json")
+            .unwrap_or_else(|| panic!("no run summary\n{}", env.log())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(latest["outcome"], "verified", "{latest}");
+    assert_eq!(latest["counts"]["created"], 1, "{latest}");
+    assert!(
+        env.account.list("archive").is_empty(),
+        "a verify-only run archives nothing: {:?}",
+        env.account.list("archive")
+    );
+
     let mail = env.mails(1).await;
     assert!(
         mail[0].subject.contains("VERIFY ONLY"),
