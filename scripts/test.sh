@@ -18,4 +18,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== chaos (short fault trials, docs/reliability.md)" && scripts/chaos.sh --short
-echo "== deploy check (manifests, Dockerfile)" && scripts/deploy-check.sh
+echo "== deploy check (manifests, Dockerfile)"
+scripts/deploy-check.sh
+
+# The image CI ships: static binaries, built without an engine, smoke-run under runc as the
+# image's non-root user with the pod's restrictions (scripts/image.sh says what it checks).
+echo "== container image"
+scripts/image.sh

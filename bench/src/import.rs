@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use shared::ApiKey;
-use shared::registry::{ImportOptions, Registry, Tenant};
-use shared::settings::{ImportSettings, PlatformSettings};
+use shared::registry::{ImportOptions, MassChangeGuard, Registry, Tenant};
+use shared::settings::{ImportSettings, PlatformSettings, RedisSettings};
 use worker::Counts;
-use worker::import::ImportParams;
+use worker::import::store::ImportStore;
+use worker::import::{ImportParams, Run};
 use worker::platform::PlatformClient;
 
 /// The platform (fake) the import talks to.
@@ -103,6 +104,50 @@ pub async fn run_pass(
     file: &Path,
     work_dir: &Path,
 ) -> anyhow::Result<Pass> {
+    // No option that needs Redis is on: a store without a URL fails if used.
+    let store = ImportStore::from_settings(&RedisSettings {
+        url: shared::secret::Secret::default(),
+        key_prefix: "bench".into(),
+    })?;
+    run_pass_with(
+        http,
+        tenant,
+        platform,
+        settings,
+        concurrency,
+        file,
+        work_dir,
+        apply_path_options(),
+        store,
+    )
+    .await
+}
+
+/// The fleet's default options, except the mass-change guard: its plan (a read-only pass before a
+/// file that could pass a count limit) is not part of the apply path these passes measure.
+pub fn apply_path_options() -> ImportOptions {
+    ImportOptions {
+        mass_change_guard: MassChangeGuard {
+            enabled: false,
+            ..MassChangeGuard::default()
+        },
+        ..ImportOptions::default()
+    }
+}
+
+/// [`run_pass`] with the tenant's import options and the Redis store they may need.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pass_with(
+    http: &reqwest::Client,
+    tenant: &Tenant,
+    platform: &Platform,
+    settings: &PlatformSettings,
+    concurrency: usize,
+    file: &Path,
+    work_dir: &Path,
+    options: ImportOptions,
+    store: ImportStore,
+) -> anyhow::Result<Pass> {
     let client = PlatformClient::new(
         http.clone(),
         tenant,
@@ -113,11 +158,17 @@ pub async fn run_pass(
     // The fleet's defaults, as `worker::pipeline` builds them for a tenant without limits.
     let defaults = ImportSettings::default();
     let params = ImportParams {
-        options: ImportOptions::default(),
+        options,
         concurrency,
         max_rows: defaults.max_rows,
         progress_every: 10_000,
         max_record_bytes: defaults.max_record_bytes,
+        verify: false,
+        confirmed: false,
+        force_full: false,
+        tenant: tenant.name.to_string(),
+        admin: tenant.admin.username.clone(),
+        store,
     };
     let results: PathBuf = tempfile::Builder::new()
         .prefix("bench-results-")
@@ -143,7 +194,10 @@ pub async fn run_pass(
     drop(progress);
     let after_validation = drain.await?;
     std::fs::remove_file(&results)?;
-    let summary = summary?;
+    let summary = match summary? {
+        Run::Done(summary) => summary,
+        Run::Held(h) => anyhow::bail!("the import was held: {h:?}"),
+    };
     let stats = client.stats();
     Ok(Pass {
         counts: summary.counts,

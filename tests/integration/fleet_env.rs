@@ -114,6 +114,7 @@ ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
 enabled = {enabled}
+files = {{ settle = "100ms" }}
 {schedule}
 "#,
                 schedule = opts
@@ -364,23 +365,27 @@ progress_every = 10
         let Ok(ch) = conn.create_channel().await else {
             return;
         };
-        let t = self.topology();
-        let mut queues = vec![t.queue.clone(), t.dead_queue.clone()];
-        queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
-        for q in queues {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [&t.exchange, &t.dlx] {
-            let _ = ch
-                .exchange_delete(
-                    x.as_str().into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
+        delete_topology(&ch, &self.topology()).await;
         let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+/// Deletes a topology's queues and exchanges (best effort: what is gone already is fine).
+pub async fn delete_topology(ch: &lapin::Channel, t: &Topology) {
+    let mut queues = vec![t.queue.clone(), t.dead_queue.clone()];
+    queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [&t.exchange, &t.dlx] {
+        let _ = ch
+            .exchange_delete(
+                x.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
     }
 }
 

@@ -10,6 +10,10 @@
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
 //! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
+//! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
+//!   mass-change guard and its confirmation, full sync.
+//! - `tenant_files`: what tenant admins get around the import: upload completeness, the archive,
+//!   the run summary JSON, and alert emails (no new file, refused logins).
 //! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
 //!   as processes.
 //! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
@@ -33,3 +37,5 @@ mod scheduler;
 mod security;
 mod services;
 mod tenant_env;
+mod tenant_files;
+mod tenant_options;

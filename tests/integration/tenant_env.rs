@@ -27,6 +27,12 @@ pub struct TenantEnv {
     pub _dir: tempfile::TempDir,
     pub settings_path: PathBuf,
     pub deps: Deps,
+    /// The registry as first written, without the tenant's `[tenant.import]` table.
+    /// The registry text up to the tenant's `[tenant.import]` table.
+    pub registry_base: String,
+    registry_path: PathBuf,
+    /// The test's own Redis key prefix.
+    pub redis_prefix: String,
 }
 
 /// What a test may change before the `Deps` are built.
@@ -37,7 +43,17 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub concurrency: usize,
     pub extra_settings: String,
+    /// Lines of the tenant's `[tenant.import]` table (e.g. `verify_only = true`).
+    pub tenant_import: String,
+    /// `redis.url` (default: the test Redis).
+    pub redis_url: Option<String>,
+    /// Lines added to the tenant's registry entry (its `files`, `alerts`, … tables). The default
+    /// shortens the settle interval so that tests do not wait the production default.
+    pub tenant_settings: String,
 }
+
+/// The tenant settings of [`Options::default`].
+pub const FAST_SETTLE: &str = r#"files = { settle = "100ms" }"#;
 
 impl Default for Options {
     fn default() -> Self {
@@ -46,6 +62,9 @@ impl Default for Options {
             ca_file: None,
             concurrency: 4,
             extra_settings: String::new(),
+            tenant_import: String::new(),
+            redis_url: None,
+            tenant_settings: FAST_SETTLE.to_owned(),
         }
     }
 }
@@ -82,14 +101,21 @@ api_base_url = "{base}"
 ftps_host = "{host}"
 ftps_port = {port}
 admin = {{ username = "{user}.admin", email = "{admin_email}" }}
+{tenant_settings}
 "#,
             user = account.user,
             base = fake.base_url(),
             host = ftps.host,
             port = ftps.port,
+            tenant_settings = opts.tenant_settings,
         );
         let registry_path = dir.path().join("tenants.toml");
-        std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &registry_path,
+            format!("{registry}[tenant.import]\n{}\n", opts.tenant_import),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let redis_prefix = redis_prefix_of(&account.user);
         let settings = format!(
             r#"
 work_dir = "{work}"
@@ -113,11 +139,15 @@ backoff_max = "500ms"
 retry_after_max = "2s"
 status_poll_interval = "20ms"
 status_timeout = "10s"
+[redis]
+url = "{redis_url}"
+key_prefix = "{redis_prefix}"
 [import]
 concurrency = {concurrency}
 progress_every = 2
 {extra}
 "#,
+            redis_url = opts.redis_url.clone().unwrap_or_else(harness::redis_url),
             work = dir.path().display(),
             registry = registry_path.display(),
             ca = opts.ca_file.as_ref().unwrap_or(&ftps.ca_file).display(),
@@ -133,6 +163,7 @@ progress_every = 2
             account.password.clone(),
         )]);
         let settings = Settings::load(Some(&settings_path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let registry_base = registry;
         let registry = Registry::load(&registry_path).unwrap_or_else(|e| panic!("{e}"));
         let secrets = SecretSource::new(None, &env);
         let deps = Deps::build(settings, registry, secrets).unwrap_or_else(|e| panic!("{e:#}"));
@@ -144,7 +175,19 @@ progress_every = 2
             _dir: dir,
             settings_path,
             deps,
+            registry_base,
+            registry_path,
+            redis_prefix,
         }
+    }
+
+    /// Replaces the tenant's `[tenant.import]` table, as an operator editing the registry would;
+    /// the next run uses it.
+    pub fn set_tenant_import(&self, lines: &str) {
+        let text = format!("{}[tenant.import]\n{lines}\n", self.registry_base);
+        std::fs::write(&self.registry_path, text).unwrap_or_else(|e| panic!("{e}"));
+        let registry = Registry::load(&self.registry_path).unwrap_or_else(|e| panic!("{e}"));
+        self.deps.replace_registry(registry);
     }
 
     pub fn tenant(&self) -> &str {
@@ -178,11 +221,21 @@ progress_every = 2
             .unwrap_or_default()
     }
 
-    /// The reports on the account, by name.
+    /// The per-record reports (CSV) on the account, by name.
     pub fn reports(&self) -> Vec<String> {
-        let mut r = self.account.list("reports");
+        let mut r: Vec<String> = self
+            .account
+            .list("reports")
+            .into_iter()
+            .filter(|n| n.ends_with(".csv"))
+            .collect();
         r.sort();
         r
+    }
+
+    /// The tenant's Redis key prefix (the fleet's `redis.key_prefix` in its settings).
+    pub fn redis_prefix(&self) -> String {
+        self.redis_prefix.clone()
     }
 
     pub fn report(&self, name: &str) -> String {
@@ -208,6 +261,11 @@ progress_every = 2
             .wait_for_messages(&self.admin_email, n, Duration::from_secs(20))
             .await
     }
+}
+
+/// Each test's own Redis keys: the account names are unique per test.
+fn redis_prefix_of(user: &str) -> String {
+    format!("test-tenant-env-{user}")
 }
 
 fn name(s: &str) -> shared::TenantName {

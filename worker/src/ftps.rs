@@ -173,6 +173,42 @@ impl FtpsSession {
         }
     }
 
+    /// The modification time of a file (MDTM, UTC, to the second), `None` if there is none.
+    pub async fn modified(
+        &mut self,
+        path: &str,
+    ) -> Result<Option<chrono::NaiveDateTime>, FtpsError> {
+        match bounded(self.io, self.stream.mdtm(path)).await? {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(transport(e)),
+        }
+    }
+
+    /// The names of the entries of `dir` (no paths); empty when the directory is missing.
+    pub async fn names_in(&mut self, dir: &str) -> Result<Vec<String>, FtpsError> {
+        let names = match bounded(self.io, self.stream.nlst(Some(dir))).await? {
+            Ok(n) => n,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(transport(e)),
+        };
+        Ok(names
+            .iter()
+            .filter_map(|n| n.rsplit('/').next().map(str::trim))
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Deletes a file; one already gone is fine.
+    pub async fn remove(&mut self, path: &str) -> Result<(), FtpsError> {
+        match bounded(self.io, self.stream.rm(path)).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(transport(e)),
+        }
+    }
+
     /// Streams `path` into `dest`, handing each chunk to `inspect` (the hasher) on the way.
     /// Refuses to go past `max_bytes`. `Ok(None)` when the file does not exist.
     pub async fn download<W, F>(
@@ -247,6 +283,19 @@ impl FtpsSession {
         Ok(names
             .iter()
             .any(|n| n.rsplit('/').next().map(str::trim) == Some(name)))
+    }
+
+    /// A small file's contents (at most `max_bytes`), `None` if there is none.
+    pub async fn read_small(
+        &mut self,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, FtpsError> {
+        let mut out = Vec::new();
+        Ok(self
+            .download(path, &mut out, max_bytes, |_| {})
+            .await?
+            .map(|_| out))
     }
 
     /// Creates a directory; an existing one is fine.

@@ -2,6 +2,7 @@
 //! (SHA1 marker) → import (platform API) → report (log, results CSV, email). `main.rs` only parses
 //! flags and builds [`pipeline::Deps`]; everything else is here, testable without a process.
 
+pub mod alerts;
 pub mod email;
 pub mod fleet;
 pub mod ftps;

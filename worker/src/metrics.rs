@@ -216,6 +216,7 @@ impl WorkerMetrics {
             ("invalid", counts.invalid),
             ("failed", counts.failed),
             ("unconfirmed", counts.unconfirmed),
+            ("deactivated", counts.deactivated),
         ] {
             self.rows.get_or_create(&ResultLabels { result }).inc_by(n);
         }

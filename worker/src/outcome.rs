@@ -18,6 +18,8 @@ pub struct Counts {
     pub failed: u64,
     /// Rows whose write was accepted but whose final status did not arrive in time.
     pub unconfirmed: u64,
+    /// Users absent from the file deactivated by full sync (not rows of the file).
+    pub deactivated: u64,
 }
 
 impl Counts {
@@ -34,11 +36,32 @@ pub enum Outcome {
     NoFile,
     /// This exact version of the file was processed before (its marker is in `/tmp`).
     AlreadyProcessed { sha1: String },
+    /// The file's size or modification time changed between two looks (an upload still in
+    /// progress): it is left untouched for the next run.
+    UploadIncomplete {
+        size_before: u64,
+        size_after: Option<u64>,
+    },
     /// The file was imported to its end (per-row failures included).
     Imported {
         sha1: String,
         counts: Counts,
         report_path: String,
+        email_sent: bool,
+    },
+    /// Verify only: every row was checked and reported; nothing was written to the platform.
+    Verified {
+        sha1: String,
+        counts: Counts,
+        report_path: String,
+        email_sent: bool,
+    },
+    /// The mass-change guard held the file: nothing was written; the admin must confirm it.
+    Held {
+        sha1: String,
+        deactivations: u64,
+        updates: u64,
+        existing: u64,
         email_sent: bool,
     },
 }
@@ -48,7 +71,10 @@ impl Outcome {
         match self {
             Outcome::NoFile => "no-file",
             Outcome::AlreadyProcessed { .. } => "already-processed",
+            Outcome::UploadIncomplete { .. } => "upload-incomplete",
             Outcome::Imported { .. } => "imported",
+            Outcome::Verified { .. } => "verified",
+            Outcome::Held { .. } => "held",
         }
     }
 }
@@ -124,6 +150,8 @@ pub enum Retryable {
     Api(String),
     #[error("local I/O: {0}")]
     Io(String),
+    #[error("{0}")]
+    Store(String),
     #[error("the job was cancelled before it finished")]
     Cancelled,
 }
@@ -134,6 +162,7 @@ impl Retryable {
             Retryable::Ftps(_) => "ftps-unavailable",
             Retryable::Api(_) => "api-unavailable",
             Retryable::Io(_) => "local-io",
+            Retryable::Store(_) => "redis-unavailable",
             Retryable::Cancelled => "cancelled",
         }
     }

@@ -1,7 +1,10 @@
 //! Import benchmarks (see `bench::import`):
 //! - `rate`: rows/s and API requests/s against an in-process platform fake with a fixed latency,
 //!   for a create pass, an update pass and an unchanged pass of the same users;
-//! - `rss`: one import against a platform fake in another process, then this process's peak RSS.
+//! - `rss`: one import against a platform fake in another process, then this process's peak RSS;
+//! - `options`: what the tenant options cost or save: an unchanged pass checked on the platform vs
+//!   skipped by `skip_unchanged` (Redis), and an update pass with and without the mass-change
+//!   guard's plan.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +36,22 @@ enum Command {
         latency_ms: u64,
         #[arg(long, default_value_t = 5)]
         poll_ms: u64,
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// Unchanged rows checked vs skipped (`skip_unchanged`), updates with and without the guard.
+    Options {
+        #[arg(long, default_value_t = 5000)]
+        rows: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 5)]
+        poll_ms: u64,
+        /// The Redis `skip_unchanged` uses (a key prefix of its own, deleted at the end).
+        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+        redis_url: String,
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
@@ -78,6 +97,25 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             }
             Ok(())
+        }
+        Command::Options {
+            rows,
+            concurrency,
+            latency_ms,
+            poll_ms,
+            redis_url,
+            work_dir,
+        } => {
+            let dir = tempfile::tempdir_in(work_dir.unwrap_or_else(std::env::temp_dir))?;
+            options(
+                rows,
+                concurrency,
+                latency_ms,
+                Duration::from_millis(poll_ms),
+                &redis_url,
+                dir.path(),
+            )
+            .await
         }
         Command::Rss {
             file,
@@ -189,6 +227,108 @@ async fn rate(
         );
         check(&pass, label)?;
     }
+    fake.shutdown().await;
+    Ok(())
+}
+
+async fn options(
+    rows: u64,
+    concurrency: usize,
+    latency_ms: u64,
+    poll: Duration,
+    redis_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use shared::registry::{ImportOptions, MassChangeGuard};
+    let domain = "bench.learning-admin.com";
+    let key = "bench-key";
+    let fake = platform_fake::spawn(FakeConfig {
+        tenants: vec![TenantSeed::new(domain, key)],
+        faults: Faults {
+            latency_ms,
+            ..Faults::default()
+        },
+    })
+    .await?;
+    let platform = Platform {
+        base_url: fake.base_url(),
+        domain: domain.into(),
+        key: ApiKey::new(key),
+    };
+    let tenant = bench::import::tenant(&platform)?;
+    let settings = bench::import::platform_settings(poll);
+    let http = PlatformClient::http_client(&settings)?;
+    let prefix = format!("bench-options-{}", std::process::id());
+    let store =
+        worker::import::store::ImportStore::from_settings(&shared::settings::RedisSettings {
+            url: shared::secret::Secret::new(redis_url),
+            key_prefix: prefix.clone(),
+        })?;
+    let v0 = dir.join(format!("options-{rows}-v0.csv"));
+    let v1 = dir.join(format!("options-{rows}-v1.csv"));
+    bench::csvgen::write(&v0, rows, 0)?;
+    bench::csvgen::write(&v1, rows, 1)?;
+    let plain = bench::import::apply_path_options();
+    let skip = ImportOptions {
+        skip_unchanged: true,
+        ..plain.clone()
+    };
+    // The guard on, with thresholds no change can pass (updates ≤ 100 % of the existing users):
+    // its plan runs, then the import, as for a file the admin would not be asked about.
+    let guarded = ImportOptions {
+        mass_change_guard: MassChangeGuard {
+            max_update_percent: 100,
+            max_deactivate_percent: 100,
+            ..MassChangeGuard::default()
+        },
+        ..plain.clone()
+    };
+    let passes: [(&str, &std::path::Path, &ImportOptions, &str); 6] = [
+        ("create", &v0, &plain, "created"),
+        ("unchanged-checked", &v0, &plain, "unchanged"),
+        ("skip-first", &v0, &skip, "unchanged"),
+        ("unchanged-skipped", &v0, &skip, "unchanged"),
+        ("update", &v1, &plain, "updated"),
+        ("update-guarded", &v0, &guarded, "updated"),
+    ];
+    for (label, file, opts, expect) in passes {
+        fake.reset_calls();
+        let pass = bench::import::run_pass_with(
+            &http,
+            &tenant,
+            &platform,
+            &settings,
+            concurrency,
+            file,
+            dir,
+            opts.clone(),
+            store.clone(),
+        )
+        .await
+        .with_context(|| format!("{label} pass"))?;
+        let calls = fake.calls(domain);
+        let c = &pass.counts;
+        let got = match expect {
+            "created" => c.created,
+            "updated" => c.updated,
+            _ => c.unchanged,
+        };
+        if got != c.rows || pass.problems() > 0 {
+            anyhow::bail!("{label} pass: not every row was {expect}: {c:?}");
+        }
+        println!(
+            "import-options concurrency={concurrency} latency_ms={latency_ms} pass={label} rows={} secs={:.2} rows_s={:.1} requests={} calls_per_row={:.2} fake_calls=GetUser:{},SetUser:{},status:{}",
+            c.rows,
+            pass.elapsed.as_secs_f64(),
+            pass.rows_per_sec(),
+            pass.requests,
+            pass.calls_per_row(),
+            calls.get("GetUser"),
+            calls.get("SetUser"),
+            calls.get("status"),
+        );
+    }
+    store.forget_all(tenant.name.as_str()).await?;
     fake.shutdown().await;
     Ok(())
 }

@@ -30,7 +30,10 @@ use serde::Deserialize;
 use crate::domain::TenantName;
 
 pub use schedule::Schedule;
-pub use tenant::{Admin, EmptyCells, ImportOptions, Tenant, TenantLimits};
+pub use tenant::{
+    Admin, AlertOptions, EmptyCells, FileOptions, ImportOptions, MassChangeGuard, Tenant,
+    TenantLimits,
+};
 
 /// An error in the registry file, pointing at the tenant and field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! One tenant's entry: parsed from its TOML table (defaults merged in), then validated field by
 //! field so an error can name the field.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use url::Url;
 
@@ -22,6 +24,8 @@ pub struct Tenant {
     pub enabled: bool,
     pub limits: TenantLimits,
     pub import: ImportOptions,
+    pub files: FileOptions,
+    pub alerts: AlertOptions,
 }
 
 /// The nominated admin: the identity the import acts as (recorded in the log and the report) and
@@ -52,13 +56,23 @@ pub enum EmptyCells {
     Clear,
 }
 
-/// How this tenant's file is read and applied.
+/// How this tenant's file is read and applied (see docs/tenant-admin.md).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImportOptions {
     pub empty_cells: EmptyCells,
     /// Separates group names inside the `Groups` cell.
     pub groups_separator: char,
+    /// Validate and report what each row would do; write nothing to the platform.
+    pub verify_only: bool,
+    /// Send nothing for a row whose fingerprint matches the last successful import of it.
+    pub skip_unchanged: bool,
+    /// Fingerprints older than this many days no longer skip a row (it is checked again).
+    pub skip_unchanged_max_age_days: u32,
+    /// Deactivate the users this import manages that are absent from the file.
+    pub full_sync: bool,
+    /// Holds a run that would deactivate or update too many users.
+    pub mass_change_guard: MassChangeGuard,
 }
 
 impl Default for ImportOptions {
@@ -66,6 +80,113 @@ impl Default for ImportOptions {
         Self {
             empty_cells: EmptyCells::Keep,
             groups_separator: ';',
+            verify_only: false,
+            skip_unchanged: false,
+            skip_unchanged_max_age_days: 7,
+            full_sync: false,
+            mass_change_guard: MassChangeGuard::default(),
+        }
+    }
+}
+
+/// Thresholds of the mass-change guard. A run is held when the deactivations (or the updates) it
+/// would make exceed **both** the count and the percentage of the users it touches that exist.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MassChangeGuard {
+    pub enabled: bool,
+    pub max_deactivate_count: u64,
+    pub max_deactivate_percent: u8,
+    pub max_update_count: u64,
+    pub max_update_percent: u8,
+}
+
+impl Default for MassChangeGuard {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_deactivate_count: 25,
+            max_deactivate_percent: 10,
+            max_update_count: 500,
+            max_update_percent: 50,
+        }
+    }
+}
+
+/// What happens to the tenant's file around an import (`[tenants.<name>.files]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileOptions {
+    /// The file's size and modification time are looked at twice, at least this far apart; a
+    /// file still changing is left for the next run (an upload in progress is never imported).
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// Each imported file is copied to `/archive/` and kept this many days; 0 = no archive.
+    pub archive_retention_days: u32,
+}
+
+impl FileOptions {
+    /// The longest settle interval: a job must not hold its tenant lock waiting.
+    pub const MAX_SETTLE: Duration = Duration::from_secs(300);
+    /// Ten years: a longer retention is a typo.
+    pub const MAX_RETENTION_DAYS: u32 = 3650;
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(5),
+            archive_retention_days: 30,
+        }
+    }
+}
+
+impl MassChangeGuard {
+    /// Whether `changes` out of `base` existing users goes over both thresholds.
+    pub fn exceeded(count: u64, percent: u8, changes: u64, base: u64) -> bool {
+        changes > count && changes.saturating_mul(100) > u64::from(percent).saturating_mul(base)
+    }
+
+    pub fn deactivations_exceeded(&self, changes: u64, base: u64) -> bool {
+        self.enabled
+            && Self::exceeded(
+                self.max_deactivate_count,
+                self.max_deactivate_percent,
+                changes,
+                base,
+            )
+    }
+
+    pub fn updates_exceeded(&self, changes: u64, base: u64) -> bool {
+        self.enabled
+            && Self::exceeded(
+                self.max_update_count,
+                self.max_update_percent,
+                changes,
+                base,
+            )
+    }
+}
+
+/// The emails sent to the nominated admin besides the run report (`[tenants.<name>.alerts]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertOptions {
+    /// Alert when no new file has arrived for this many days; 0 = off.
+    pub no_file_days: u32,
+    /// Alert when the FTPS server or the platform API refuses the tenant's credentials.
+    pub login_failures: bool,
+}
+
+impl AlertOptions {
+    pub const MAX_NO_FILE_DAYS: u32 = 366;
+}
+
+impl Default for AlertOptions {
+    fn default() -> Self {
+        Self {
+            no_file_days: 0,
+            login_failures: true,
         }
     }
 }
@@ -91,6 +212,10 @@ struct RawTenant {
     limits: TenantLimits,
     #[serde(default)]
     import: ImportOptions,
+    #[serde(default)]
+    files: FileOptions,
+    #[serde(default)]
+    alerts: AlertOptions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +294,48 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
             "must be a punctuation character such as ';' or '|'",
         ));
     }
+    let guard = &raw.import.mass_change_guard;
+    for (name, percent) in [
+        ("max_deactivate_percent", guard.max_deactivate_percent),
+        ("max_update_percent", guard.max_update_percent),
+    ] {
+        if percent > 100 {
+            return Err(field(
+                &format!("import.mass_change_guard.{name}"),
+                "must be 0 to 100",
+            ));
+        }
+    }
+    if raw.import.skip_unchanged_max_age_days == 0 {
+        return Err(field(
+            "import.skip_unchanged_max_age_days",
+            "must be at least 1",
+        ));
+    }
+    if raw.files.settle > FileOptions::MAX_SETTLE {
+        return Err(field(
+            "files.settle",
+            format!(
+                "must be at most {}",
+                humantime::format_duration(FileOptions::MAX_SETTLE)
+            ),
+        ));
+    }
+    if raw.files.archive_retention_days > FileOptions::MAX_RETENTION_DAYS {
+        return Err(field(
+            "files.archive_retention_days",
+            format!(
+                "must be 0 (no archive) to {}",
+                FileOptions::MAX_RETENTION_DAYS
+            ),
+        ));
+    }
+    if raw.alerts.no_file_days > AlertOptions::MAX_NO_FILE_DAYS {
+        return Err(field(
+            "alerts.no_file_days",
+            format!("must be 0 (off) to {}", AlertOptions::MAX_NO_FILE_DAYS),
+        ));
+    }
     Ok(Tenant {
         name,
         region,
@@ -184,6 +351,8 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         enabled: raw.enabled,
         limits: raw.limits,
         import: raw.import,
+        files: raw.files,
+        alerts: raw.alerts,
     })
 }
 

@@ -156,3 +156,112 @@ fn the_shipped_example_registry_is_valid() {
     let r = Registry::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(r.get("demo").is_some());
 }
+
+#[test]
+fn the_tenant_admin_options_default_to_safe_values() -> Result<(), RegistryError> {
+    let r = parse(GOOD)?;
+    let acme = r.get("acme").ok_or_else(|| panic!("acme"))?;
+    let o = &acme.import;
+    assert!(!o.verify_only && !o.skip_unchanged && !o.full_sync);
+    assert!(o.mass_change_guard.enabled);
+    assert_eq!(o.skip_unchanged_max_age_days, 7);
+    Ok(())
+}
+
+#[test]
+fn the_tenant_admin_options_are_read_from_the_import_table() -> Result<(), RegistryError> {
+    let text = acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\n\
+         import = { verify_only = true, skip_unchanged = true, full_sync = true, \
+         mass_change_guard = { max_deactivate_count = 3, max_update_percent = 20 } }",
+    );
+    let r = parse(&text)?;
+    let o = &r.get("acme").ok_or_else(|| panic!("acme"))?.import;
+    assert!(o.verify_only && o.skip_unchanged && o.full_sync);
+    assert_eq!(o.mass_change_guard.max_deactivate_count, 3);
+    assert_eq!(o.mass_change_guard.max_update_percent, 20);
+    assert_eq!(o.mass_change_guard.max_update_count, 500, "default kept");
+    Ok(())
+}
+
+#[test]
+fn bad_tenant_admin_options_name_their_field() {
+    for (import, field) in [
+        (
+            "import = { mass_change_guard = { max_update_percent = 101 } }",
+            "import.mass_change_guard.max_update_percent",
+        ),
+        (
+            "import = { skip_unchanged_max_age_days = 0 }",
+            "import.skip_unchanged_max_age_days",
+        ),
+        ("import = { full_synk = true }", "full_synk"),
+    ] {
+        let text = acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\n{import}"),
+        );
+        let e = error_of(&text);
+        assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+    }
+}
+
+#[test]
+fn the_guard_holds_only_over_both_thresholds() {
+    use super::MassChangeGuard;
+    let g = MassChangeGuard::default();
+    assert!(!g.deactivations_exceeded(25, 100), "count not exceeded");
+    assert!(!g.deactivations_exceeded(30, 1000), "3% is under 10%");
+    assert!(g.deactivations_exceeded(30, 100));
+    assert!(g.updates_exceeded(501, 600));
+    let off = MassChangeGuard {
+        enabled: false,
+        ..MassChangeGuard::default()
+    };
+    assert!(!off.deactivations_exceeded(1000, 1000));
+}
+
+#[test]
+fn file_and_alert_settings_have_safe_defaults_and_are_checked() {
+    let r = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.files, FileOptions::default());
+    assert_eq!(acme.files.settle, std::time::Duration::from_secs(5));
+    assert_eq!(acme.files.archive_retention_days, 30);
+    assert_eq!(acme.alerts.no_file_days, 0, "the no-file alert is off");
+    assert!(acme.alerts.login_failures, "login alerts are on");
+
+    let set = acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nfiles = { settle = \"750ms\", archive_retention_days = 0 }\nalerts = { no_file_days = 3, login_failures = false }",
+    );
+    let r = parse(&set).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.files.settle, std::time::Duration::from_millis(750));
+    assert_eq!(acme.files.archive_retention_days, 0);
+    assert_eq!(acme.alerts.no_file_days, 3);
+    assert!(!acme.alerts.login_failures);
+
+    for (line, field) in [
+        ("files = { settle = \"1h\" }", "files.settle"),
+        (
+            "files = { archive_retention_days = 99999 }",
+            "files.archive_retention_days",
+        ),
+        ("alerts = { no_file_days = 1000 }", "alerts.no_file_days"),
+    ] {
+        let e = error_of(&acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\n{line}"),
+        ));
+        assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+    }
+    let e = error_of(&acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nalerts = { no_file_dayz = 2 }",
+    ));
+    assert!(e.to_string().contains("no_file_dayz"), "{e}");
+}

@@ -422,11 +422,7 @@ async fn handle(
     match result {
         Ok(outcome) => {
             disposition::ack(&delivery).await;
-            event.disposition = match outcome.label() {
-                "imported" => "imported",
-                "no-file" => "no-file",
-                _ => "already-processed",
-            };
+            event.disposition = outcome.label();
             event.reason = outcome.label().into();
         }
         Err(JobError::Permanent(p)) => {

@@ -30,6 +30,8 @@ pub enum RowStatus {
     Invalid,
     Failed,
     Unconfirmed,
+    /// A user absent from the file, deactivated by `full_sync`.
+    Deactivated,
 }
 
 impl RowStatus {
@@ -41,6 +43,18 @@ impl RowStatus {
             RowStatus::Invalid => "invalid",
             RowStatus::Failed => "failed",
             RowStatus::Unconfirmed => "unconfirmed",
+            RowStatus::Deactivated => "deactivated",
+        }
+    }
+
+    /// The result column of a verify-only run: what the row would do.
+    pub fn as_verify_str(self) -> &'static str {
+        match self {
+            RowStatus::Created => "would-create",
+            RowStatus::Updated => "would-update",
+            RowStatus::Deactivated => "would-deactivate",
+            RowStatus::Invalid => "error",
+            other => other.as_str(),
         }
     }
 
@@ -80,6 +94,8 @@ pub struct ApplyContext<'a> {
     pub mandatory: &'a [(String, String)],
     /// Checked before every write.
     pub cancel: &'a dyn StopCheck,
+    /// Verify-only (and the mass-change guard's plan): read with `GetUser`, decide, write nothing.
+    pub dry_run: bool,
 }
 
 pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, Stop> {
@@ -195,10 +211,12 @@ async fn run(
             };
             steps.push(action);
             guard(ctx)?;
-            let tid = c
-                .set_user(&json!({"params": {"action": action, "uid": uid}}))
-                .await?;
-            follow(c, &tid, &uid).await?;
+            if !ctx.dry_run {
+                let tid = c
+                    .set_user(&json!({"params": {"action": action, "uid": uid}}))
+                    .await?;
+                follow(c, &tid, &uid).await?;
+            }
             if status == RowStatus::Unchanged {
                 status = RowStatus::Updated;
             }
@@ -264,6 +282,9 @@ async fn create(
     }
     steps.push("create");
     guard(ctx)?;
+    if ctx.dry_run {
+        return Ok(Created::Yes);
+    }
     match ctx.client.set_user(&body).await {
         Ok(tid) => {
             follow(ctx.client, &tid, username).await?;
@@ -314,6 +335,9 @@ async fn update(
     }
     steps.push("update");
     guard(ctx)?;
+    if ctx.dry_run {
+        return Ok(RowStatus::Updated);
+    }
     let tid = ctx.client.set_user(&body).await?;
     follow(ctx.client, &tid, uid).await?;
     Ok(RowStatus::Updated)

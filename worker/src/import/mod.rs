@@ -5,9 +5,11 @@
 
 pub mod apply;
 pub mod decode;
+pub mod full_sync;
 pub mod reader;
 pub mod results;
 pub mod row;
+pub mod store;
 pub mod template;
 
 use std::collections::HashSet;
@@ -26,6 +28,7 @@ use apply::{ApplyContext, RowResult, RowStatus};
 use reader::{BoundedReader, Item};
 use results::ResultsWriter;
 use row::RowError;
+use store::{ImportStore, StoreError};
 use template::{HeaderError, Template};
 
 /// Why the import as a whole could not run.
@@ -43,8 +46,19 @@ pub enum ImportError {
     Api(ApiError),
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
     #[error("stopped before the end: the job was cancelled")]
     Cancelled,
+}
+
+impl From<apply::Stop> for ImportError {
+    fn from(stop: apply::Stop) -> Self {
+        match stop {
+            apply::Stop::Credentials(code) => ImportError::Credentials(code),
+            apply::Stop::Cancelled => ImportError::Cancelled,
+        }
+    }
 }
 
 /// What the import did, for the log, the email and the outcome.
@@ -57,6 +71,26 @@ pub struct ImportSummary {
     pub results_file: PathBuf,
     pub delimiter: char,
     pub encoding: decode::TextEncoding,
+    /// A verify-only run: the counts say what would have happened; nothing was written.
+    pub verify: bool,
+}
+
+/// How a run ended: done, or held by the mass-change guard before any write.
+#[derive(Debug)]
+pub enum Run {
+    Done(ImportSummary),
+    Held(Held),
+}
+
+/// What the mass-change guard found: the run would make more changes than the tenant allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Users the run would deactivate (`Account state` and full sync).
+    pub deactivations: u64,
+    /// Existing users the run would update or activate.
+    pub updates: u64,
+    /// Existing users the run touches (the base of the percentages).
+    pub existing: u64,
 }
 
 /// Limits and options of one run.
@@ -68,6 +102,16 @@ pub struct ImportParams {
     pub progress_every: u64,
     /// Longest record, in bytes (UTF-8); longer ones are reported per row, never buffered.
     pub max_record_bytes: usize,
+    /// Verify only: read, decide and report; no write to the platform, no change to the store.
+    pub verify: bool,
+    /// The admin confirmed this file: the mass-change guard does not hold it.
+    pub confirmed: bool,
+    /// Ignore the stored row fingerprints (and forget them): every row is sent.
+    pub force_full: bool,
+    pub tenant: String,
+    /// The nominated admin's username: never deactivated by a full sync.
+    pub admin: String,
+    pub store: ImportStore,
 }
 
 const FIRST_PROBLEMS: usize = 50;
@@ -94,7 +138,7 @@ pub async fn run(
     params: &ImportParams,
     progress: &mpsc::UnboundedSender<String>,
     cancel: &dyn StopCheck,
-) -> Result<ImportSummary, ImportError> {
+) -> Result<Run, ImportError> {
     let fields = client.profile_fields().await.map_err(|e| match e {
         ApiError::Credentials(code) => ImportError::Credentials(code),
         ApiError::Stopped => ImportError::Cancelled,
@@ -140,61 +184,64 @@ pub async fn run(
             format!("; ignored unknown columns: {}", unknown.join(", "))
         }
     ));
+    if params.options.skip_unchanged && params.force_full && !params.verify {
+        params.store.forget_all(&params.tenant).await?;
+        let _ = progress.send("full re-push asked for: row fingerprints forgotten".into());
+    }
+    let absent = full_sync::absent_users(params, &first, progress).await?;
 
     let mandatory = Template::mandatory_keys(&fields);
-    let ctx = ApplyContext {
+    let pass = Pass {
+        file,
+        delimiter,
+        first: &first,
+        params,
         client,
         mandatory: &mandatory,
         cancel,
     };
-    let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
-    let reader = {
-        let (file, template, options, dups) = (
-            file.to_owned(),
-            first.template.clone(),
-            params.options.clone(),
-            first.duplicates,
-        );
-        let max_record_bytes = params.max_record_bytes;
-        tokio::task::spawn_blocking(move || {
-            second_pass(
-                &file,
-                delimiter,
-                max_record_bytes,
-                &template,
-                &options,
-                &dups,
-                &tx,
-            )
-        })
-    };
 
-    let mut writer = ResultsWriter::create(results_path)?;
+    let guard = &params.options.mass_change_guard;
+    let may_hold = !params.verify
+        && !params.confirmed
+        && guard.enabled
+        && (first.valid > guard.max_update_count
+            || first.deactivate_rows + absent.len() as u64 > guard.max_deactivate_count);
+    if may_hold {
+        // The plan: every row decided as for verify-only, nothing written, nothing kept.
+        let mut held = Held {
+            deactivations: absent.len() as u64,
+            updates: 0,
+            existing: absent.len() as u64,
+        };
+        pass.rows(true, |r| {
+            if matches!(r.status, RowStatus::Updated | RowStatus::Unchanged) {
+                held.existing += 1;
+            }
+            if r.action.contains("deactivate") {
+                held.deactivations += 1;
+            }
+            if r.status == RowStatus::Updated && r.action != "deactivate" {
+                held.updates += 1;
+            }
+            Ok(())
+        })
+        .await?;
+        let _ = progress.send(format!(
+            "mass-change guard: the file would deactivate {} and update {} of {} existing users",
+            held.deactivations, held.updates, held.existing
+        ));
+        if guard.deactivations_exceeded(held.deactivations, held.existing)
+            || guard.updates_exceeded(held.updates, held.existing)
+        {
+            return Ok(Run::Held(held));
+        }
+    }
+
+    let mut writer = ResultsWriter::create(results_path, params.verify)?;
     let mut counts = Counts::default();
     let mut first_problems = Vec::new();
-    let window = params.concurrency * 4;
-    let mut results = tokio_stream_of(rx)
-        .map(|item| {
-            let ctx = &ctx;
-            async move {
-                match item {
-                    Ok(input) => apply::apply(ctx, input).await,
-                    Err(e) => Ok(RowResult {
-                        line: e.line,
-                        username: e.username,
-                        action: "none".into(),
-                        status: RowStatus::Invalid,
-                        message: e.message,
-                    }),
-                }
-            }
-        })
-        .buffered(window);
-    while let Some(r) = results.next().await {
-        let r = r.map_err(|stop| match stop {
-            apply::Stop::Credentials(code) => ImportError::Credentials(code),
-            apply::Stop::Cancelled => ImportError::Cancelled,
-        })?;
+    let mut record = |r: RowResult| -> Result<(), ImportError> {
         counts.rows += 1;
         match r.status {
             RowStatus::Created => counts.created += 1,
@@ -203,12 +250,17 @@ pub async fn run(
             RowStatus::Invalid => counts.invalid += 1,
             RowStatus::Failed => counts.failed += 1,
             RowStatus::Unconfirmed => counts.unconfirmed += 1,
+            RowStatus::Deactivated => {
+                // Not a row of the file.
+                counts.rows -= 1;
+                counts.deactivated += 1;
+            }
         }
         writer.write(&r)?;
         if r.status.is_problem() && first_problems.len() < FIRST_PROBLEMS {
             first_problems.push(r);
         }
-        if counts.rows % params.progress_every == 0 {
+        if counts.rows % params.progress_every == 0 && counts.deactivated == 0 {
             let _ = progress.send(format!(
                 "progress: {}/{} rows, {} ok, {} invalid, {} failed",
                 counts.rows,
@@ -218,20 +270,151 @@ pub async fn run(
                 counts.failed + counts.unconfirmed
             ));
         }
-    }
-    drop(results);
-    reader
-        .await
-        .map_err(|e| ImportError::Unreadable(e.to_string()))??;
+        Ok(())
+    };
+    pass.rows(params.verify, &mut record).await?;
+    full_sync::deactivate(client, params, &absent, cancel, &mut record).await?;
     writer.finish()?;
-    Ok(ImportSummary {
+    Ok(Run::Done(ImportSummary {
         counts,
         unknown_columns: unknown,
         first_problems,
         results_file: results_path.to_owned(),
         delimiter: delimiter as char,
         encoding,
-    })
+        verify: params.verify,
+    }))
+}
+
+/// One pass over the rows: validated again, then decided (and, unless `dry_run`, applied), one
+/// result per row in file order.
+struct Pass<'a> {
+    file: &'a Path,
+    delimiter: u8,
+    first: &'a FirstPass,
+    params: &'a ImportParams,
+    client: &'a PlatformClient,
+    mandatory: &'a [(String, String)],
+    cancel: &'a dyn StopCheck,
+}
+
+impl Pass<'_> {
+    async fn rows(
+        &self,
+        dry_run: bool,
+        mut sink: impl FnMut(RowResult) -> Result<(), ImportError>,
+    ) -> Result<(), ImportError> {
+        let params = self.params;
+        let ctx = ApplyContext {
+            client: self.client,
+            mandatory: self.mandatory,
+            cancel: self.cancel,
+            dry_run,
+        };
+        let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
+        let reader = {
+            let (file, template, options, dups) = (
+                self.file.to_owned(),
+                self.first.template.clone(),
+                params.options.clone(),
+                self.first.duplicates.clone(),
+            );
+            let max_record_bytes = params.max_record_bytes;
+            let delimiter = self.delimiter;
+            tokio::task::spawn_blocking(move || {
+                second_pass(
+                    &file,
+                    delimiter,
+                    max_record_bytes,
+                    &template,
+                    &options,
+                    &dups,
+                    &tx,
+                )
+            })
+        };
+        let window = params.concurrency * 4;
+        let mut results = tokio_stream_of(rx)
+            .map(|item| {
+                let ctx = &ctx;
+                async move {
+                    match item {
+                        Ok(input) => one_row(ctx, params, input).await,
+                        Err(e) => Ok(RowResult {
+                            line: e.line,
+                            username: e.username,
+                            action: "none".into(),
+                            status: RowStatus::Invalid,
+                            message: e.message,
+                        }),
+                    }
+                }
+            })
+            .buffered(window);
+        while let Some(r) = results.next().await {
+            sink(r?)?;
+        }
+        drop(results);
+        reader
+            .await
+            .map_err(|e| ImportError::Unreadable(e.to_string()))??;
+        Ok(())
+    }
+}
+
+/// One valid row: skipped when its fingerprint is unchanged, else applied; then the store
+/// remembers what happened (never in a dry run).
+async fn one_row(
+    ctx: &ApplyContext<'_>,
+    params: &ImportParams,
+    input: row::RowInput,
+) -> Result<RowResult, ImportError> {
+    let (store, tenant) = (&params.store, params.tenant.as_str());
+    let options = &params.options;
+    let fingerprint = options.skip_unchanged.then(|| input.fingerprint());
+    let username = input.username.clone();
+    let shown = input
+        .new_username
+        .clone()
+        .unwrap_or_else(|| username.clone());
+    if let Some(fp) = fingerprint.as_deref().filter(|_| !params.force_full)
+        && let Some((stored, at)) = store.fingerprint(tenant, &username).await?
+    {
+        let max_age = i64::from(options.skip_unchanged_max_age_days) * 86_400;
+        if stored == fp && chrono::Utc::now().timestamp() - at < max_age {
+            if options.full_sync && !ctx.dry_run {
+                store.manage(tenant, &shown).await?;
+            }
+            return Ok(RowResult {
+                line: input.line,
+                username: shown,
+                action: "none".into(),
+                status: RowStatus::Unchanged,
+                message: "same as at the last import: not sent".into(),
+            });
+        }
+    }
+    let r = apply::apply(ctx, input).await?;
+    if ctx.dry_run {
+        return Ok(r);
+    }
+    let ok = matches!(
+        r.status,
+        RowStatus::Created | RowStatus::Updated | RowStatus::Unchanged
+    );
+    if let Some(fp) = fingerprint {
+        if ok {
+            store
+                .remember(tenant, &username, &fp, chrono::Utc::now().timestamp())
+                .await?;
+        } else {
+            store.forget(tenant, &username).await?;
+        }
+    }
+    if options.full_sync && ok {
+        store.manage(tenant, &r.username).await?;
+    }
+    Ok(r)
 }
 
 fn tokio_stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
@@ -278,8 +461,16 @@ struct FirstPass {
     template: Template,
     rows: u64,
     invalid: u64,
+    /// Valid rows.
+    valid: u64,
+    /// Valid rows asking for `Deactivated`.
+    deactivate_rows: u64,
+    /// Rows whose username cannot be read (full sync then deactivates nobody).
+    nameless: u64,
     /// Hashes of usernames (lowercase) that appear in more than one row.
     duplicates: HashSet<u64>,
+    /// With full sync: hashes of every username and new username of the file, valid or not.
+    file_users: HashSet<u64>,
 }
 
 fn key_hash(username: &str) -> u64 {
@@ -333,6 +524,9 @@ fn first_pass(
     let mut seen: HashSet<u64> = HashSet::new();
     let mut dups: HashSet<u64> = HashSet::new();
     let (mut rows, mut invalid) = (0u64, 0u64);
+    let (mut valid, mut deactivate_rows, mut nameless) = (0u64, 0u64, 0u64);
+    let mut file_users: HashSet<u64> = HashSet::new();
+    let full_sync = params.options.full_sync;
     while let Some(item) = rdr.next_item()? {
         rows += 1;
         if rows > params.max_rows {
@@ -341,21 +535,47 @@ fn first_pass(
         let Item::Record { line, fields } = item else {
             // Reported in the second pass.
             invalid += 1;
+            nameless += 1;
             continue;
         };
         let cells: Vec<&str> = fields.iter().map(String::as_str).collect();
         match row::validate(line, &cells, &template, &params.options) {
             Ok(input) => {
+                valid += 1;
+                if input.state == Some(row::StateChange::Deactivate) {
+                    deactivate_rows += 1;
+                }
                 let mut names = vec![input.username.as_str()];
                 names.extend(input.new_username.as_deref());
                 for n in names {
                     let h = key_hash(n);
+                    if full_sync {
+                        file_users.insert(h);
+                    }
                     if !seen.insert(h) {
                         dups.insert(h);
                     }
                 }
             }
-            Err(_) => invalid += 1,
+            Err(e) => {
+                invalid += 1;
+                if e.username.is_empty() {
+                    nameless += 1;
+                } else if full_sync {
+                    file_users.insert(key_hash(&e.username));
+                    // An invalid row's New username cell may name the user too.
+                    if let Some(new) = template
+                        .columns
+                        .iter()
+                        .position(|c| *c == template::Column::NewUsername)
+                        .and_then(|i| cells.get(i))
+                        .map(|c| c.trim())
+                        .filter(|c| !c.is_empty())
+                    {
+                        file_users.insert(key_hash(new));
+                    }
+                }
+            }
         }
     }
     drop(seen);
@@ -363,7 +583,11 @@ fn first_pass(
         template,
         rows,
         invalid,
+        valid,
+        deactivate_rows,
+        nameless,
         duplicates: dups,
+        file_users,
     })
 }
 

@@ -28,6 +28,41 @@ pub struct RowInput {
     pub profile: Vec<(String, String)>,
 }
 
+impl RowInput {
+    /// A fingerprint of what the row asks for (everything but its line and its password, which
+    /// only matters when a user is created), for `skip_unchanged`. Hex SHA1.
+    pub fn fingerprint(&self) -> String {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        // Length-prefixed parts: no two different rows give the same byte stream.
+        let mut part = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        part(&self.username.to_lowercase());
+        part(self.new_username.as_deref().unwrap_or(""));
+        part(match self.state {
+            None => "",
+            Some(StateChange::Activate) => "activate",
+            Some(StateChange::Deactivate) => "deactivate",
+        });
+        let mut groups: Vec<String> = self.groups.iter().map(|g| g.to_lowercase()).collect();
+        groups.sort();
+        part(&groups.len().to_string());
+        for g in &groups {
+            part(g);
+        }
+        let mut profile = self.profile.clone();
+        profile.sort();
+        part(&profile.len().to_string());
+        for (k, v) in &profile {
+            part(k);
+            part(v);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 /// Why a row is refused before any call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
@@ -297,6 +332,33 @@ mod tests {
         assert!(validate(4, &cells, &t, &ImportOptions::default()).is_err());
         cells[0] = "j doe";
         assert!(validate(4, &cells, &t, &ImportOptions::default()).is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_the_row_asks_for() {
+        let t = template(COLS);
+        let row = |cells: [&str; 9]| {
+            validate(2, &cells, &t, &ImportOptions::default())
+                .unwrap_or_else(|e| panic!("{}", e.message))
+        };
+        let base = [
+            "jdoe", "Jane", "Doe", "j@x.org", "Sales", "A;B", "", "", "pw",
+        ];
+        let fp = row(base).fingerprint();
+        let mut other_line = row(base);
+        other_line.line = 99;
+        assert_eq!(other_line.fingerprint(), fp, "the line does not count");
+        let mut reordered = base;
+        reordered[5] = "b; a";
+        assert_eq!(row(reordered).fingerprint(), fp, "group order and case");
+        let mut new_pw = base;
+        new_pw[8] = "other";
+        assert_eq!(row(new_pw).fingerprint(), fp, "the password does not count");
+        for (i, v) in [(2, "Dough"), (5, "A"), (6, "Deactivated"), (7, "jd")] {
+            let mut changed = base;
+            changed[i] = v;
+            assert_ne!(row(changed).fingerprint(), fp, "cell {i}");
+        }
     }
 
     #[test]

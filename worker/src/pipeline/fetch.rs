@@ -10,6 +10,15 @@ use tokio::io::BufWriter;
 use crate::ftps::{FtpsError, FtpsSession};
 
 pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
+pub const UPLOAD_DIR: &str = "/uploads";
+/// A file uploaded under this name is verified only (never imported), once per version.
+pub const VERIFY_UPLOAD_PATH: &str = "/uploads/user-import.verify.csv";
+/// With `skip_unchanged`: its presence makes the next import send every row (then it is removed).
+pub const FULL_FLAG_NAME: &str = "user-import.full";
+
+pub fn full_flag_path() -> String {
+    format!("{UPLOAD_DIR}/{FULL_FLAG_NAME}")
+}
 
 /// The local copy of the tenant's file.
 #[derive(Debug)]
@@ -19,14 +28,24 @@ pub struct Fetched {
     pub sha1: Sha1Digest,
 }
 
-/// `Ok(None)`: there is no file.
+/// `Ok(None)`: there is no file at `/uploads/user-import.csv`.
 pub async fn fetch(
     session: &mut FtpsSession,
     max_bytes: u64,
     work_dir: &Path,
 ) -> Result<Option<Fetched>, FtpsError> {
+    fetch_from(session, UPLOAD_PATH, max_bytes, work_dir).await
+}
+
+/// `Ok(None)`: there is no file at `path`.
+pub async fn fetch_from(
+    session: &mut FtpsSession,
+    path: &str,
+    max_bytes: u64,
+    work_dir: &Path,
+) -> Result<Option<Fetched>, FtpsError> {
     // SIZE first: a file over the limit is refused without moving a byte.
-    match session.size(UPLOAD_PATH).await? {
+    match session.size(path).await? {
         None => return Ok(None),
         Some(size) if size > max_bytes => return Err(FtpsError::TooLarge { limit: max_bytes }),
         Some(_) => {}
@@ -38,9 +57,7 @@ pub async fn fetch(
     let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
     let mut hasher = Sha1::new();
     let size = session
-        .download(UPLOAD_PATH, &mut out, max_bytes, |chunk| {
-            hasher.update(chunk)
-        })
+        .download(path, &mut out, max_bytes, |chunk| hasher.update(chunk))
         .await?;
     let Some(size) = size else {
         // Deleted between SIZE and RETR.

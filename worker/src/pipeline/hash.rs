@@ -13,6 +13,33 @@ pub fn marker_name(sha1: &Sha1Digest) -> String {
     format!("{sha1}.sha1")
 }
 
+/// The marker of a verify-only run is `<sha1>.verified`: it keeps the same file from being
+/// verified again, and does not keep it from being imported once verify-only is turned off.
+pub fn marker_name_for(sha1: &Sha1Digest, verify: bool) -> String {
+    if verify {
+        format!("{sha1}.verified")
+    } else {
+        marker_name(sha1)
+    }
+}
+
+pub async fn write_marker_for(
+    session: &mut FtpsSession,
+    sha1: &Sha1Digest,
+    verify: bool,
+) -> Result<(), FtpsError> {
+    if !verify {
+        return write_marker(session, sha1).await;
+    }
+    session.ensure_dir(MARKER_DIR).await?;
+    let contents = marker_contents(sha1);
+    let path = format!("{MARKER_DIR}/{}", marker_name_for(sha1, true));
+    session
+        .put(&path, &mut contents.as_bytes())
+        .await
+        .map(|_| ())
+}
+
 pub fn marker_path(sha1: &Sha1Digest) -> String {
     format!("{MARKER_DIR}/{}", marker_name(sha1))
 }

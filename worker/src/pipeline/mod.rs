@@ -1,15 +1,25 @@
 //! The pipeline for one job of one tenant: fetch → hash → import → report. [`process_job`] is the
 //! single entry point: the queue consumer calls it, `worker once` calls it, tests call it.
 //! Stages never read the environment or open their own clients: everything comes in [`Deps`].
+//! Around the stages: the upload must have settled before it is imported ([`settle`]), an imported
+//! file is archived ([`archive`]), every run leaves a JSON summary ([`summary`]), and alerts go to
+//! the admin when the account goes quiet or a login is refused ([`crate::alerts`]).
 
+pub mod alerting;
+pub mod archive;
 pub mod fetch;
+pub mod guard;
 pub mod hash;
+pub mod import;
 pub mod log;
 pub mod report;
+pub mod settle;
 pub mod span;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use chrono::Utc;
 use shared::job::Trigger;
@@ -21,14 +31,17 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use uuid::Uuid;
 
+use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::fleet::lock::Lease;
 use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
-use crate::import::{ImportError, ImportParams, StopCheck};
+use crate::import::StopCheck;
+use crate::import::store::ImportStore;
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 use crate::platform::PlatformClient;
 use log::{LogTarget, TenantLog};
+use summary::RunSummary;
 
 /// Everything a job needs, built once at start-up.
 #[derive(Debug)]
@@ -39,6 +52,10 @@ pub struct Deps {
     pub http: reqwest::Client,
     pub ftps: FtpsConnector,
     pub mailer: Mailer,
+    /// What the import remembers per tenant (Redis; connects only when an option needs it).
+    pub store: ImportStore,
+    /// Alert state (Redis, under the fleet's key prefix).
+    pub alerts: Alerts,
     /// The process's metrics (`/metrics` of `worker run`).
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -53,6 +70,8 @@ impl Deps {
             http: PlatformClient::http_client(&settings.platform)?,
             ftps: FtpsConnector::from_settings(&settings.ftps)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
+            store: ImportStore::from_settings(&settings.redis)?,
+            alerts: Alerts::from_settings(&settings.redis)?,
             metrics: Arc::new(WorkerMetrics::default()),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
@@ -135,6 +154,7 @@ pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<O
     let span = span::job_span(tenant, &job);
     let result = run(deps, tenant, &job).instrument(span.clone()).await;
     span::record_outcome(&span, &result);
+    // Verify-only counts are what would have happened: not rows applied.
     if let Ok(Outcome::Imported { counts, .. }) = &result {
         deps.metrics.rows(counts);
     }
@@ -154,8 +174,15 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
         .api_key(&tenant.name)
         .map_err(|e| Permanent::MissingKey(e.to_string()))?;
     let started = Utc::now();
+    let mut summary = RunSummary::start(tenant.name.as_str(), job.job_id, job.trigger, started);
 
-    let mut session = connect(deps, tenant, &key).await?;
+    let mut session = match connect(deps, tenant, &key).await {
+        Ok(s) => s,
+        Err(e) => {
+            alerting::login_refused(deps, tenant, &e, None).await;
+            return Err(e);
+        }
+    };
     let log_session = connect(deps, tenant, &key).await?;
     let target = LogTarget {
         connector: deps.ftps.clone(),
@@ -174,15 +201,49 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             .map(|f| format!(", lock fence {f}"))
             .unwrap_or_default()
     ));
-    let result = stages(deps, tenant, &key, job, &mut session, &log, started).await;
+    let result = stages(deps, tenant, &key, job, &mut session, &log, &mut summary).await;
+    // A job that lost its lock (or is being stopped) makes no further side effect: another run
+    // owns the tenant now, and will alert and summarise itself.
+    if !job.should_stop() {
+        match &result {
+            Err(e) => alerting::login_refused(deps, tenant, e, Some(&log)).await,
+            Ok(
+                Outcome::NoFile
+                | Outcome::AlreadyProcessed { .. }
+                | Outcome::UploadIncomplete { .. },
+            ) => alerting::no_new_file(deps, tenant, &log).await,
+            Ok(Outcome::Imported { .. } | Outcome::Verified { .. } | Outcome::Held { .. }) => {}
+        }
+        summary.finish(&result, Utc::now());
+        match summary::write(&mut session, &summary).await {
+            Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
+            Err(e) => log.line(format!("the run summary could not be written: {e}")),
+        }
+    }
     match &result {
         Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
+        Ok(Outcome::UploadIncomplete { size_before, size_after }) => log.line(format!(
+            "end: left for the next run: the file is still being uploaded (it changed while being looked at: {size_before} bytes, then {})",
+            size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
+        )),
         Ok(Outcome::AlreadyProcessed { sha1 }) => {
-            log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
+            if tenant.import.verify_only {
+                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"))
+            } else {
+                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
+            }
         }
         Ok(Outcome::Imported { counts, .. }) => log.line(format!(
             "end: imported: {} rows, {} created, {} updated, {} unchanged, {} invalid, {} failed, {} unconfirmed",
             counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid, counts.failed, counts.unconfirmed
+        ) + &if counts.deactivated > 0 { format!(", {} deactivated by full sync", counts.deactivated) } else { String::new() }),
+        Ok(Outcome::Verified { counts, .. }) => log.line(format!(
+            "end: verified only, nothing written: {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors, {} would be deactivated by full sync",
+            counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid + counts.failed, counts.deactivated
+        )),
+        Ok(Outcome::Held { sha1, deactivations, updates, .. }) => log.line(format!(
+            "end: held by the mass-change guard ({deactivations} deactivations, {updates} updates): nothing written; upload {} holding {sha1} to confirm",
+            guard::CONFIRM_PATH
         )),
         Err(e) => log.line(format!(
             "end: {} ({}): {e}",
@@ -205,7 +266,7 @@ async fn stages(
     job: &JobContext,
     session: &mut FtpsSession,
     log: &TenantLog,
-    started: chrono::DateTime<Utc>,
+    summary: &mut RunSummary,
 ) -> Result<Outcome, JobError> {
     let settings = &deps.settings;
     let metrics = &deps.metrics;
@@ -217,8 +278,26 @@ async fn stages(
         });
     let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
 
-    // fetch
+    // A verify upload not verified yet takes this run (the import waits for the next one).
     job.check()?;
+    if let Some(outcome) = verify_upload(
+        deps, tenant, key, job, session, log, summary, max_bytes, &work_dir,
+    )
+    .await?
+    {
+        return Ok(outcome);
+    }
+
+    // fetch, after a first look at the file's size and time (see `settle`)
+    job.check()?;
+    let clock = Instant::now();
+    let first = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    let Some(first) = first else {
+        summary.stage("fetch", clock.elapsed());
+        return Ok(Outcome::NoFile);
+    };
     let span = tracing::info_span!(
         "fetch",
         file.size = Empty,
@@ -240,9 +319,16 @@ async fn stages(
             other => ftps_error(other),
         });
     span::failed_on(&span, &fetched);
+    summary.stage("fetch", clock.elapsed());
     let Some(fetched) = fetched? else {
         return Ok(Outcome::NoFile);
     };
+    summary.file = Some(summary::FileSummary {
+        path: fetch::UPLOAD_PATH,
+        size: fetched.size,
+        sha1: Some(fetched.sha1.to_string()),
+        ..Default::default()
+    });
     span.record("file.size", fetched.size);
     log.line(format!(
         "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
@@ -250,6 +336,7 @@ async fn stages(
     ));
 
     // hash
+    let clock = Instant::now();
     let span = tracing::info_span!(
         "hash",
         file.sha1 = %fetched.sha1,
@@ -258,178 +345,172 @@ async fn stages(
         otel.status_description = Empty,
         error.type = Empty,
     );
+    let verify = tenant.import.verify_only;
+    let marker = hash::marker_name_for(&fetched.sha1, verify);
     let seen = metrics
         .time(
             Stage::Hash,
-            hash::already_processed(session, &fetched.sha1).instrument(span.clone()),
+            session
+                .exists_in(hash::MARKER_DIR, &marker)
+                .instrument(span.clone()),
         )
         .await
         .map_err(ftps_error);
     span::failed_on(&span, &seen);
     let seen = seen?;
+    summary.stage("hash", clock.elapsed());
     span.record("already_processed", seen);
     if seen {
+        if verify {
+            log.line(format!(
+                "verify only: this file was verified before (/tmp/{marker})"
+            ));
+        }
         return Ok(Outcome::AlreadyProcessed {
             sha1: fetched.sha1.to_string(),
         });
     }
+
+    // settle: a new version is imported only if it stood still for the settle interval
     job.check()?;
-    log.line("new version of the file: importing");
-
-    // import
-    let concurrency = tenant
-        .limits
-        .api_concurrency
-        .map_or(settings.import.concurrency, |c| {
-            c.min(settings.import.concurrency)
+    let clock = Instant::now();
+    settle::wait(&first, tenant.files.settle, &job.cancel).await;
+    job.check()?;
+    let second = settle::look(session, fetch::UPLOAD_PATH)
+        .await
+        .map_err(ftps_error)?;
+    summary.stage("settle", clock.elapsed());
+    if !settle::settled(&first, second.as_ref(), fetched.size) {
+        return Ok(Outcome::UploadIncomplete {
+            size_before: first.size,
+            size_after: second.map(|s| s.size),
         });
-    let client = PlatformClient::new(
-        deps.http.clone(),
-        tenant,
-        key.clone(),
-        &settings.platform,
-        concurrency,
-    )
-    .with_stop(Arc::new(job.clone()));
-    let params = ImportParams {
-        options: tenant.import.clone(),
-        concurrency,
-        max_rows: tenant
-            .limits
-            .max_rows
-            .map_or(settings.import.max_rows, |m| {
-                m.min(settings.import.max_rows)
-            }),
-        progress_every: settings.import.progress_every,
-        max_record_bytes: settings.import.max_record_bytes,
+    }
+    if tenant.alerts.no_file_days > 0
+        && let Err(e) = deps
+            .alerts
+            .new_file(tenant.name.as_str(), fetched.sha1.as_str(), Utc::now())
+            .await
+    {
+        tracing::warn!(error = %e, "the arrival of a new file could not be recorded for alerts");
+    }
+
+    // The mass-change guard: a held file waits for the admin's confirmation, without API calls.
+    let guard_enabled = tenant.import.mass_change_guard.enabled && !verify;
+    let guard_state = if guard_enabled {
+        guard::state(session, &fetched.sha1)
+            .await
+            .map_err(ftps_error)?
+    } else {
+        guard::State::Open
     };
-    let results = tempfile::Builder::new()
-        .prefix("user-import-results-")
-        .suffix(".csv")
-        .tempfile_in(&work_dir)
-        .map_err(|e| Retryable::Io(e.to_string()))?;
-    let progress = log.sender();
-    let span = tracing::info_span!(
-        "import",
-        concurrency,
-        api.requests = Empty,
-        api.retries = Empty,
-        api.rate_limited = Empty,
-        api.server_errors = Empty,
-        api.transport_errors = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let summary = metrics
-        .time(
-            Stage::Import,
-            crate::import::run(
-                fetched.file.path(),
-                results.path(),
-                &client,
-                &params,
-                &progress,
-                job,
-            )
-            .instrument(span.clone()),
-        )
-        .await;
-    drop(progress);
-    let stats = client.stats();
-    metrics.api(stats);
-    for (field, counter) in [
-        ("api.requests", &stats.requests),
-        ("api.retries", &stats.retries),
-        ("api.rate_limited", &stats.rate_limited),
-        ("api.server_errors", &stats.server_errors),
-        ("api.transport_errors", &stats.transport_errors),
-    ] {
-        span.record(field, counter.load(std::sync::atomic::Ordering::Relaxed));
+    if let guard::State::Held(h) = &guard_state {
+        log.line("this file is held by the mass-change guard and not confirmed yet");
+        return Ok(Outcome::Held {
+            sha1: fetched.sha1.to_string(),
+            deactivations: h.deactivations,
+            updates: h.updates,
+            existing: h.existing,
+            email_sent: false,
+        });
     }
-    let summary = summary.map_err(|e| match e {
-        ImportError::Credentials(code) => JobError::from(Permanent::ApiCredentials(code)),
-        ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),
-        ImportError::Unreadable(m) => Permanent::UnreadableFile(m).into(),
-        ImportError::TooManyRows(n) => {
-            Permanent::UnreadableFile(format!("more than {n} rows")).into()
-        }
-        ImportError::Api(crate::platform::ApiError::Protocol(m)) => {
-            Permanent::ApiProtocol(m).into()
-        }
-        ImportError::Api(other) => Retryable::Api(other.to_string()).into(),
-        ImportError::Io(e) => Retryable::Io(e.to_string()).into(),
-        ImportError::Cancelled => Retryable::Cancelled.into(),
-    });
-    span::failed_on(&span, &summary);
-    let summary = summary?;
-    log.line(format!(
-        "import done: {} rows; API requests {}, retries {}, rate-limited {}",
-        summary.counts.rows,
-        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-        stats.retries.load(std::sync::atomic::Ordering::Relaxed),
-        stats
-            .rate_limited
-            .load(std::sync::atomic::Ordering::Relaxed),
-    ));
-
-    // report
-    let report_span = tracing::info_span!(
-        "report",
-        email_sent = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let report_path = report::report_path(started, &fetched.sha1);
-    let email_sent = async {
-        job.check()?;
-        report::upload_results(session, &summary, &report_path)
+    let confirmed = guard_state == guard::State::Confirmed;
+    let force_full = tenant.import.skip_unchanged
+        && !verify
+        && session
+            .exists_in(fetch::UPLOAD_DIR, fetch::FULL_FLAG_NAME)
             .await
             .map_err(ftps_error)?;
-        log.line(format!("report written: {report_path}"));
-        let ctx = report::EmailContext {
-            tenant,
-            summary: &summary,
-            sha1: &fetched.sha1,
-            size: fetched.size,
-            report_path: &report_path,
-            job_id: &job.job_id.to_string(),
-        };
-        job.check()?;
-        let email_sent = match report::email(&deps.mailer, &ctx).await {
-            Ok(()) => {
+    job.check()?;
+    let plan = import::Plan {
+        source: fetch::UPLOAD_PATH,
+        verify,
+        confirmed,
+        force_full,
+    };
+    import::import_and_report(
+        deps, tenant, key, job, session, log, summary, &fetched, &plan,
+    )
+    .await
+}
+
+/// `/uploads/user-import.verify.csv`, when there and not verified yet: verified only (never
+/// imported), reported, and marked `/tmp/<sha1>.verified`. `None`: nothing to verify.
+#[allow(clippy::too_many_arguments)]
+async fn verify_upload(
+    deps: &Deps,
+    tenant: &Tenant,
+    key: &shared::ApiKey,
+    job: &JobContext,
+    session: &mut FtpsSession,
+    log: &TenantLog,
+    summary: &mut RunSummary,
+    max_bytes: u64,
+    work_dir: &std::path::Path,
+) -> Result<Option<Outcome>, JobError> {
+    let fetched =
+        match fetch::fetch_from(session, fetch::VERIFY_UPLOAD_PATH, max_bytes, work_dir).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            // Never in the way of the import: said in the log, and the run goes on.
+            Err(FtpsError::TooLarge { limit }) => {
                 log.line(format!(
-                    "report emailed to the nominated admin ({})",
-                    tenant.admin.username
+                    "{} is larger than the limit of {limit} bytes: not verified",
+                    fetch::VERIFY_UPLOAD_PATH
                 ));
-                true
+                return Ok(None);
             }
-            Err(why) => {
-                // The import is done and its report is on the account: record, do not redo.
-                log.line(format!("the report email could not be sent: {why}"));
-                false
-            }
+            Err(e) => return Err(ftps_error(e)),
         };
-        job.check()?;
-        hash::write_marker(session, &fetched.sha1)
-            .await
-            .map_err(ftps_error)?;
-        log.line(format!("marker written: /tmp/{}.sha1", fetched.sha1));
-        Ok::<bool, JobError>(email_sent)
+    let marker = hash::marker_name_for(&fetched.sha1, true);
+    if session
+        .exists_in(hash::MARKER_DIR, &marker)
+        .await
+        .map_err(ftps_error)?
+    {
+        log.line(format!(
+            "{} was verified before (/tmp/{marker}); ignored",
+            fetch::VERIFY_UPLOAD_PATH
+        ));
+        return Ok(None);
     }
-    .instrument(report_span.clone());
-    let email_sent = metrics.time(Stage::Report, email_sent).await;
-    span::failed_on(&report_span, &email_sent);
-    let email_sent = email_sent?;
-    report_span.record("email_sent", email_sent);
-
-    Ok(Outcome::Imported {
-        sha1: fetched.sha1.to_string(),
-        counts: summary.counts,
-        report_path,
-        email_sent,
-    })
+    log.line(format!(
+        "file found: {}, {} bytes, SHA1 {}",
+        fetch::VERIFY_UPLOAD_PATH,
+        fetched.size,
+        fetched.sha1
+    ));
+    summary.file = Some(summary::FileSummary {
+        path: fetch::VERIFY_UPLOAD_PATH,
+        size: fetched.size,
+        sha1: Some(fetched.sha1.to_string()),
+        ..Default::default()
+    });
+    let plan = import::Plan {
+        source: fetch::VERIFY_UPLOAD_PATH,
+        verify: true,
+        confirmed: false,
+        force_full: false,
+    };
+    let result = import::import_and_report(
+        deps, tenant, key, job, session, log, summary, &fetched, &plan,
+    )
+    .await;
+    match result {
+        Err(JobError::Permanent(why)) => {
+            // A file that cannot be verified is not tried again (its marker), so the import of
+            // /uploads/user-import.csv is not held up by it; the reason is in the log.
+            log.line(format!(
+                "{} cannot be verified: {why}",
+                fetch::VERIFY_UPLOAD_PATH
+            ));
+            if let Err(e) = hash::write_marker_for(session, &fetched.sha1, true).await {
+                log.line(format!("the verify marker could not be written: {e}"));
+            }
+            Err(JobError::Permanent(why))
+        }
+        other => other.map(Some),
+    }
 }
 
 async fn connect(

@@ -17,8 +17,14 @@ pub const REPORTS_DIR: &str = "/reports";
 pub const MAX_ATTACHMENT_BYTES: u64 = 15 * 1024 * 1024;
 
 pub fn report_path(started: DateTime<Utc>, sha1: &Sha1Digest) -> String {
+    report_path_for(started, sha1, false)
+}
+
+/// A verify-only run's report is `user-import-verify-…`, so it is never taken for an import's.
+pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, verify: bool) -> String {
     format!(
-        "{REPORTS_DIR}/user-import-{}-{}.csv",
+        "{REPORTS_DIR}/user-import-{}{}-{}.csv",
+        if verify { "verify-" } else { "" },
         started.format("%Y%m%dT%H%M%SZ"),
         sha1.short()
     )
@@ -39,6 +45,12 @@ pub async fn upload_results(
 pub fn subject(tenant: &Tenant, summary: &ImportSummary) -> String {
     let c = &summary.counts;
     let problems = c.invalid + c.failed + c.unconfirmed;
+    if summary.verify {
+        return format!(
+            "[{}] User import VERIFY ONLY (nothing changed): {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors",
+            tenant.name, c.rows, c.created, c.updated, c.unchanged, problems
+        );
+    }
     format!(
         "[{}] User import: {} rows, {} created, {} updated, {} unchanged, {} with problems",
         tenant.name, c.rows, c.created, c.updated, c.unchanged, problems
@@ -50,6 +62,8 @@ pub struct EmailContext<'a> {
     pub tenant: &'a Tenant,
     pub summary: &'a ImportSummary,
     pub sha1: &'a Sha1Digest,
+    /// The file's path on the account.
+    pub source: &'a str,
     pub size: u64,
     pub report_path: &'a str,
     pub job_id: &'a str,
@@ -58,10 +72,17 @@ pub struct EmailContext<'a> {
 pub fn body(ctx: &EmailContext<'_>) -> String {
     let c = &ctx.summary.counts;
     let mut b = String::new();
+    if ctx.summary.verify {
+        b.push_str(
+            "VERIFY ONLY: this run changed nothing on the platform. The counts and the report say\n\
+             what an import of this file would do (result column: would-create, would-update,\n\
+             would-deactivate, unchanged, error).\n\n",
+        );
+    }
     b.push_str(&format!(
         "The user import for {} has run.\n\n\
          Acting as:   {}\n\
-         File:        /uploads/user-import.csv ({} bytes, SHA1 {})\n\
+         File:        {} ({} bytes, SHA1 {})\n\
          Job:         {}\n\n\
          Rows:        {}\n\
          Created:     {}\n\
@@ -69,9 +90,11 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
          Unchanged:   {}\n\
          Invalid:     {}\n\
          Failed:      {}\n\
-         Unconfirmed: {}\n\n",
+         Unconfirmed: {}\n\
+         Deactivated: {} (full sync: absent from the file)\n\n",
         ctx.tenant.portal_domain,
         ctx.tenant.admin.username,
+        ctx.source,
         ctx.size,
         ctx.sha1,
         ctx.job_id,
@@ -81,7 +104,8 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
         c.unchanged,
         c.invalid,
         c.failed,
-        c.unconfirmed
+        c.unconfirmed,
+        c.deactivated
     ));
     if !ctx.summary.unknown_columns.is_empty() {
         b.push_str(&format!(

@@ -40,7 +40,7 @@ pub fn record_outcome(span: &tracing::Span, result: &Result<Outcome, JobError>) 
     match result {
         Ok(o) => {
             span.record("outcome", o.label());
-            if let Outcome::Imported { counts, .. } = o {
+            if let Outcome::Imported { counts, .. } | Outcome::Verified { counts, .. } = o {
                 span.record("rows.total", counts.rows);
                 span.record("rows.created", counts.created);
                 span.record("rows.updated", counts.updated);

@@ -213,34 +213,45 @@ impl PlatformClient {
     /// Polls `/status/<tid>` until it is final or the status timeout passes. `uid` picks the
     /// per-user error out of `errors`.
     pub async fn wait_for(&self, tid: &Tid, uid: &str) -> Result<WriteResult, ApiError> {
+        let Some(report) = self.wait_final(tid).await? else {
+            return Ok(WriteResult::Unconfirmed);
+        };
+        match report.status {
+            2 => Ok(WriteResult::Succeeded),
+            _ => {
+                let why = report
+                    .errors
+                    .get(uid)
+                    .cloned()
+                    .or_else(|| report.errors.values().next().cloned())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| {
+                        if report.status == 0 {
+                            "the platform does not know this write".into()
+                        } else if report.message.is_empty() {
+                            "failed without a message".into()
+                        } else {
+                            report.message.clone()
+                        }
+                    });
+                Ok(WriteResult::Failed(why))
+            }
+        }
+    }
+
+    /// Polls `/status/<tid>` until it is final (0, 2 or 3) and returns that report; `None` when
+    /// the status timeout passes first. `SetUsers` reads its per-uid `errors` from it.
+    pub async fn wait_final(&self, tid: &Tid) -> Result<Option<StatusReport>, ApiError> {
         let deadline = tokio::time::Instant::now() + self.status_timeout;
         let mut interval = self.poll_interval;
         loop {
             let report = self.status(tid).await?;
             match report.status {
-                2 => return Ok(WriteResult::Succeeded),
-                3 | 0 => {
-                    let why = report
-                        .errors
-                        .get(uid)
-                        .cloned()
-                        .or_else(|| report.errors.values().next().cloned())
-                        .filter(|m| !m.is_empty())
-                        .unwrap_or_else(|| {
-                            if report.status == 0 {
-                                "the platform does not know this write".into()
-                            } else if report.message.is_empty() {
-                                "failed without a message".into()
-                            } else {
-                                report.message.clone()
-                            }
-                        });
-                    return Ok(WriteResult::Failed(why));
-                }
+                0 | 2 | 3 => return Ok(Some(report)),
                 _ => {}
             }
             if tokio::time::Instant::now() + interval > deadline {
-                return Ok(WriteResult::Unconfirmed);
+                return Ok(None);
             }
             tokio::time::sleep(interval).await;
             // Slow down gently for long-pending writes: at most 4 polls per status_poll_interval·4.
