@@ -29,6 +29,7 @@ mod fleet_env;
 mod tenant_env;
 
 mod common;
+mod ftps;
 mod kill;
 mod restart;
 mod sched;
@@ -96,7 +97,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 7] = [
+const TRIALS: [&str; 8] = [
     "sigkill",
     "sigstop",
     "api-storm",
@@ -104,6 +105,7 @@ const TRIALS: [&str; 7] = [
     "redis",
     "rabbitmq",
     "smtp",
+    "ftps",
 ];
 
 fn parse_args() -> Result<Args, String> {
@@ -218,6 +220,9 @@ async fn run(args: Args) -> i32 {
         }
         if wanted("smtp") {
             rows.push(guarded("smtp-down", restart::smtp(plan, next_rng())).await);
+        }
+        if wanted("ftps") {
+            rows.push(guarded("ftps-down", ftps::run(plan, next_rng())).await);
         }
         rows
     };
