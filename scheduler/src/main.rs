@@ -1,6 +1,5 @@
 //! The scheduler binary: flags, settings, registry, signals, then the library does the work.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,36 +48,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let settings = match Settings::load(cli.config.as_deref(), &env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The OTLP exporter's gRPC channel is spawned on the runtime.
-    let telemetry = {
-        let _in_runtime = runtime.enter();
-        match shared::telemetry::init("user-import-scheduler", settings.log_format, &env) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    };
-    let code = command(cli.command.unwrap_or(Command::Run), settings, &runtime);
-    // Flushes the spans still buffered (a `once` round ends long before the next batch).
-    telemetry.shutdown();
-    code
+    shared::startup::run(
+        "user-import-scheduler",
+        cli.config.as_deref(),
+        |settings, _env, runtime| command(cli.command.unwrap_or(Command::Run), settings, runtime),
+    )
 }
 
 fn command(command: Command, settings: Settings, runtime: &tokio::runtime::Runtime) -> ExitCode {

@@ -11,6 +11,7 @@ pub mod job;
 pub mod registry;
 pub mod secret;
 pub mod settings;
+pub mod startup;
 pub mod telemetry;
 
 pub use domain::{EmailAddress, PortalDomain, Region, Sha1Digest, TenantName};

@@ -38,36 +38,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let settings = match Settings::load(cli.config.as_deref(), &env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The OTLP exporter's gRPC channel is spawned on the runtime.
-    let telemetry = {
-        let _in_runtime = runtime.enter();
-        match shared::telemetry::init("user-import-worker", settings.log_format, &env) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    };
-    let code = command(cli.command, settings, &env, &runtime);
-    // Flushes the spans still buffered (the last jobs, the drain).
-    telemetry.shutdown();
-    code
+    shared::startup::run(
+        "user-import-worker",
+        cli.config.as_deref(),
+        |settings, env, runtime| command(cli.command, settings, env, runtime),
+    )
 }
 
 fn command(
