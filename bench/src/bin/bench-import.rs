@@ -146,13 +146,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn rate(
-    rows: u64,
-    concurrency: usize,
-    latency_ms: u64,
-    poll: Duration,
-    dir: &std::path::Path,
-) -> anyhow::Result<()> {
+/// A platform fake in this process, one tenant, `latency_ms` added to every call; keep the handle
+/// alive while it is used.
+async fn in_process_fake(latency_ms: u64) -> anyhow::Result<(platform_fake::FakeHandle, Platform)> {
     let domain = "bench.learning-admin.com";
     let key = "bench-key";
     let fake = platform_fake::spawn(FakeConfig {
@@ -168,6 +164,17 @@ async fn rate(
         domain: domain.into(),
         key: ApiKey::new(key),
     };
+    Ok((fake, platform))
+}
+
+async fn rate(
+    rows: u64,
+    concurrency: usize,
+    latency_ms: u64,
+    poll: Duration,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (fake, platform) = in_process_fake(latency_ms).await?;
     let tenant = bench::import::tenant(&platform)?;
     let settings = bench::import::platform_settings(poll);
     let http = PlatformClient::http_client(&settings)?;
@@ -200,7 +207,7 @@ async fn rate(
             bench::import::run_pass(&http, &tenant, &platform, &settings, concurrency, file, dir)
                 .await
                 .with_context(|| format!("{label} pass"))?;
-        let calls = fake.calls(domain);
+        let calls = fake.calls(&platform.domain);
         let per_row = pass.calls_per_row();
         let row_bound = bound / per_row.max(1.0);
         println!(
@@ -240,21 +247,7 @@ async fn options(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use shared::registry::{ImportOptions, MassChangeGuard};
-    let domain = "bench.learning-admin.com";
-    let key = "bench-key";
-    let fake = platform_fake::spawn(FakeConfig {
-        tenants: vec![TenantSeed::new(domain, key)],
-        faults: Faults {
-            latency_ms,
-            ..Faults::default()
-        },
-    })
-    .await?;
-    let platform = Platform {
-        base_url: fake.base_url(),
-        domain: domain.into(),
-        key: ApiKey::new(key),
-    };
+    let (fake, platform) = in_process_fake(latency_ms).await?;
     let tenant = bench::import::tenant(&platform)?;
     let settings = bench::import::platform_settings(poll);
     let http = PlatformClient::http_client(&settings)?;
@@ -306,7 +299,7 @@ async fn options(
         )
         .await
         .with_context(|| format!("{label} pass"))?;
-        let calls = fake.calls(domain);
+        let calls = fake.calls(&platform.domain);
         let c = &pass.counts;
         let got = match expect {
             "created" => c.created,
