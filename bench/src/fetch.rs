@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 use shared::ApiKey;
 use tokio::io::{AsyncWrite, BufWriter};
+use worker::account::Account;
 use worker::ftps::FtpsConnector;
 
 /// Where the file is and who reads it.
@@ -61,16 +62,18 @@ pub async fn download_once(
     max_bytes: u64,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let mut session = connector
-        .connect(&target.host, target.port, &target.user, &target.key)
-        .await?;
+    let mut session: Box<dyn Account> = Box::new(
+        connector
+            .connect(&target.host, target.port, &target.user, &target.key)
+            .await?,
+    );
     // As `fetch` does: SIZE first.
     let size = session
         .size(&target.path)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no file {} on the server", target.path))?;
     let mut hasher = hash.then(Sha1::new);
-    let inspect = |chunk: &[u8]| {
+    let mut inspect = |chunk: &[u8]| {
         if let Some(h) = hasher.as_mut() {
             h.update(chunk);
         }
@@ -84,12 +87,12 @@ pub async fn download_once(
                 .tempfile_in(dir)?;
             let mut out =
                 BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
-            let n = download(&mut session, target, &mut out, max_bytes, inspect).await?;
+            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
             (n, Some(file))
         }
         Sink::Discard => {
             let mut out = tokio::io::sink();
-            let n = download(&mut session, target, &mut out, max_bytes, inspect).await?;
+            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
             (n, None)
         }
     };
@@ -107,12 +110,12 @@ pub async fn download_once(
     })
 }
 
-async fn download<W: AsyncWrite + Unpin>(
-    session: &mut worker::ftps::FtpsSession,
+async fn download<W: AsyncWrite + Unpin + Send>(
+    session: &mut dyn Account,
     target: &Target,
     out: &mut W,
     max_bytes: u64,
-    inspect: impl FnMut(&[u8]),
+    inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
 ) -> anyhow::Result<u64> {
     session
         .download(&target.path, out, max_bytes, inspect)
