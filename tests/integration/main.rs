@@ -9,6 +9,7 @@
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
 //! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
+//! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
@@ -31,6 +32,7 @@ mod fake_api;
 mod fleet;
 mod fleet_env;
 mod harness;
+mod job_run;
 mod observability;
 mod pipeline;
 mod scheduler;
