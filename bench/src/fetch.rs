@@ -1,18 +1,19 @@
 //! FTPS fetch+hash: one download of a file with the worker's own code. The file sink is the
 //! pipeline's fetch itself ([`worker::pipeline::fetch::fetch_from`]: SIZE, RETR streamed to a
-//! temporary file through its buffered writer, SHA1 on the way), over the worker's FTPS client
-//! ([`worker::ftps::FtpsConnector`]). The clock covers what a `curl` run covers: connect, TLS,
+//! temporary file through its buffered writer, SHA1 on the way), on an account opened by the
+//! worker's FTPS client ([`worker::account::ftps::FtpsConnector`]). The clock covers what a `curl` run covers: connect, TLS,
 //! login, SIZE, RETR, the transfer and QUIT.
 //!
-//! The discard sink splits the cost for a diagnosis: the same client's
-//! [`worker::ftps::FtpsSession::download`] with the bytes dropped, hashed or not.
+//! The discard sink splits the cost for a diagnosis: the same account's
+//! [`worker::account::Account::download`] with the bytes dropped, hashed or not.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 use shared::ApiKey;
-use worker::ftps::FtpsConnector;
+use worker::account::Account;
+use worker::account::ftps::FtpsConnector;
 use worker::pipeline::fetch::fetch_from;
 
 /// Where the file is and who reads it.
@@ -62,16 +63,18 @@ pub async fn download_once(
     max_bytes: u64,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let mut session = connector
-        .connect(&target.host, target.port, &target.user, &target.key)
-        .await?;
+    let mut session: Box<dyn Account> = Box::new(
+        connector
+            .connect(&target.host, target.port, &target.user, &target.key)
+            .await?,
+    );
     let missing = || anyhow::anyhow!("no file {} on the server", target.path);
     // The temporary file is kept until the clock stops, as curl's output file is.
     let (bytes, transfer, sha1, _file) = match sink {
         Sink::TempFile(dir) => {
             // SIZE is inside the pipeline's fetch, so inside this transfer time too.
             let transfer_started = Instant::now();
-            let fetched = fetch_from(&mut session, &target.path, max_bytes, dir)
+            let fetched = fetch_from(session.as_mut(), &target.path, max_bytes, dir)
                 .await?
                 .ok_or_else(missing)?;
             let transfer = transfer_started.elapsed();
@@ -83,11 +86,16 @@ pub async fn download_once(
             let mut hasher = hash.then(Sha1::new);
             let transfer_started = Instant::now();
             let bytes = session
-                .download(&target.path, &mut tokio::io::sink(), max_bytes, |chunk| {
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(chunk);
-                    }
-                })
+                .download(
+                    &target.path,
+                    &mut tokio::io::sink(),
+                    max_bytes,
+                    &mut |chunk| {
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(chunk);
+                        }
+                    },
+                )
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))?;
             let transfer = transfer_started.elapsed();

@@ -200,12 +200,13 @@ async fn a_wrong_ftps_password_is_a_permanent_error() {
     let wrong = shared::ApiKey::new("not-the-password");
     let err = env
         .deps
-        .ftps
+        .accounts
+        .ftps()
         .connect(&tenant.ftps_host, tenant.ftps_port, env.tenant(), &wrong)
         .await
         .err();
     assert!(
-        matches!(err, Some(worker::ftps::FtpsError::Credentials)),
+        matches!(err, Some(worker::account::AccountError::Credentials)),
         "{err:?}"
     );
 }

@@ -81,19 +81,14 @@ async fn the_pasv_address_the_server_names_is_never_dialled() {
         .unwrap_or_else(|| panic!("tenant"));
     let mut session = env
         .deps
-        .ftps
-        .connect(
-            &tenant.ftps_host,
-            tenant.ftps_port,
-            env.tenant(),
-            &shared::ApiKey::new(env.account.password.clone()),
-        )
+        .accounts
+        .connect(tenant, &shared::ApiKey::new(env.account.password.clone()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     env.upload("Username\nada\n");
     let mut out = Vec::new();
     let size = session
-        .download("/uploads/user-import.csv", &mut out, 1 << 20, |_| {})
+        .download("/uploads/user-import.csv", &mut out, 1 << 20, &mut |_| {})
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((size, out.as_slice()), (Some(13), &b"Username\nada\n"[..]));

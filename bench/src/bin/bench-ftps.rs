@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared::ApiKey;
 use shared::settings::FtpsSettings;
-use worker::ftps::FtpsConnector;
+use worker::account::ftps::FtpsConnector;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench-ftps")]

@@ -12,7 +12,7 @@ use shared::Sha1Digest;
 
 use super::fetch::Fetched;
 use super::log::TenantLog;
-use crate::ftps::{FtpsError, FtpsSession};
+use crate::account::{Account, AccountError};
 
 pub const ARCHIVE_DIR: &str = "/archive";
 const PREFIX: &str = "user-import-";
@@ -53,17 +53,17 @@ pub struct Archived {
 
 /// Archives `local` and prunes the archive; `retention_days` must be above 0.
 pub async fn archive(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     local: &Path,
     at: DateTime<Utc>,
     sha1: &Sha1Digest,
     retention_days: u32,
-) -> Result<Archived, FtpsError> {
-    session.ensure_dir(ARCHIVE_DIR).await?;
+) -> Result<Archived, AccountError> {
+    session.mkdir(ARCHIVE_DIR).await?;
     let path = format!("{ARCHIVE_DIR}/{}", archive_name(at, sha1));
     let mut file = tokio::fs::File::open(local).await?;
-    session.put(&path, &mut file).await?;
-    let names = session.names_in(ARCHIVE_DIR).await?;
+    session.upload(&path, &mut file).await?;
+    let names = session.list(ARCHIVE_DIR).await?;
     let mut deleted = Vec::new();
     for name in expired(&names, at, retention_days) {
         session.remove(&format!("{ARCHIVE_DIR}/{name}")).await?;
@@ -76,7 +76,7 @@ pub async fn archive(
 /// path. Nothing is done for a job stopped meanwhile (its import is done; only the copy is
 /// missed).
 pub async fn archive_logged(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     fetched: &Fetched,
     at: DateTime<Utc>,
     retention_days: u32,

@@ -7,7 +7,7 @@ use sha1::{Digest, Sha1};
 use shared::Sha1Digest;
 use tokio::io::BufWriter;
 
-use crate::ftps::{FtpsError, FtpsSession};
+use crate::account::{Account, AccountError};
 
 pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
 pub const UPLOAD_DIR: &str = "/uploads";
@@ -30,24 +30,24 @@ pub struct Fetched {
 
 /// `Ok(None)`: there is no file at `/uploads/user-import.csv`.
 pub async fn fetch(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     max_bytes: u64,
     work_dir: &Path,
-) -> Result<Option<Fetched>, FtpsError> {
+) -> Result<Option<Fetched>, AccountError> {
     fetch_from(session, UPLOAD_PATH, max_bytes, work_dir).await
 }
 
 /// `Ok(None)`: there is no file at `path`.
 pub async fn fetch_from(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     path: &str,
     max_bytes: u64,
     work_dir: &Path,
-) -> Result<Option<Fetched>, FtpsError> {
+) -> Result<Option<Fetched>, AccountError> {
     // SIZE first: a file over the limit is refused without moving a byte.
     match session.size(path).await? {
         None => return Ok(None),
-        Some(size) if size > max_bytes => return Err(FtpsError::TooLarge { limit: max_bytes }),
+        Some(size) if size > max_bytes => return Err(AccountError::TooLarge { limit: max_bytes }),
         Some(_) => {}
     }
     let file = tempfile::Builder::new()
@@ -57,7 +57,7 @@ pub async fn fetch_from(
     let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
     let mut hasher = Sha1::new();
     let size = session
-        .download(path, &mut out, max_bytes, |chunk| hasher.update(chunk))
+        .download(path, &mut out, max_bytes, &mut |chunk| hasher.update(chunk))
         .await?;
     let Some(size) = size else {
         // Deleted between SIZE and RETR.

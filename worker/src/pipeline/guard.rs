@@ -9,8 +9,8 @@
 use shared::Sha1Digest;
 use shared::registry::Tenant;
 
+use crate::account::{self, Account, AccountError};
 use crate::email::Mailer;
-use crate::ftps::{FtpsError, FtpsSession};
 use crate::import::Held;
 use crate::pipeline::hash::MARKER_DIR;
 
@@ -74,44 +74,42 @@ pub enum State {
     Confirmed,
 }
 
-pub async fn state(session: &mut FtpsSession, sha1: &Sha1Digest) -> Result<State, FtpsError> {
-    if !session.exists_in(MARKER_DIR, &held_name(sha1)).await? {
+pub async fn state(session: &mut dyn Account, sha1: &Sha1Digest) -> Result<State, AccountError> {
+    if !account::exists_in(session, MARKER_DIR, &held_name(sha1)).await? {
         return Ok(State::Open);
     }
-    let confirmed = session
-        .read_small(CONFIRM_PATH, CONFIRM_MAX_BYTES)
+    let confirmed = account::read_small(session, CONFIRM_PATH, CONFIRM_MAX_BYTES)
         .await
         .or_else(|e| match e {
             // Larger than a confirmation can be: not one.
-            FtpsError::TooLarge { .. } => Ok(None),
+            AccountError::TooLarge { .. } => Ok(None),
             other => Err(other),
         })?
         .is_some_and(|b| confirms(&String::from_utf8_lossy(&b), sha1));
     if confirmed {
         return Ok(State::Confirmed);
     }
-    let text = session
-        .read_small(&held_path(sha1), CONFIRM_MAX_BYTES)
+    let text = account::read_small(session, &held_path(sha1), CONFIRM_MAX_BYTES)
         .await?
         .unwrap_or_default();
     Ok(State::Held(parse_held(&String::from_utf8_lossy(&text))))
 }
 
 pub async fn write_held(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     sha1: &Sha1Digest,
     h: &Held,
-) -> Result<(), FtpsError> {
-    session.ensure_dir(MARKER_DIR).await?;
+) -> Result<(), AccountError> {
+    session.mkdir(MARKER_DIR).await?;
     let contents = held_contents(h);
     session
-        .put(&held_path(sha1), &mut contents.as_bytes())
+        .upload(&held_path(sha1), &mut contents.as_bytes())
         .await
         .map(|_| ())
 }
 
 /// After the confirmed file was imported: the held marker and the confirmation go.
-pub async fn clear(session: &mut FtpsSession, sha1: &Sha1Digest) -> Result<(), FtpsError> {
+pub async fn clear(session: &mut dyn Account, sha1: &Sha1Digest) -> Result<(), AccountError> {
     session.remove(&held_path(sha1)).await?;
     session.remove(CONFIRM_PATH).await
 }

@@ -5,7 +5,7 @@
 
 use shared::Sha1Digest;
 
-use crate::ftps::{FtpsError, FtpsSession};
+use crate::account::{self, Account, AccountError};
 
 pub const MARKER_DIR: &str = "/tmp";
 
@@ -24,18 +24,18 @@ pub fn marker_name_for(sha1: &Sha1Digest, verify: bool) -> String {
 }
 
 pub async fn write_marker_for(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     sha1: &Sha1Digest,
     verify: bool,
-) -> Result<(), FtpsError> {
+) -> Result<(), AccountError> {
     if !verify {
         return write_marker(session, sha1).await;
     }
-    session.ensure_dir(MARKER_DIR).await?;
+    session.mkdir(MARKER_DIR).await?;
     let contents = marker_contents(sha1);
     let path = format!("{MARKER_DIR}/{}", marker_name_for(sha1, true));
     session
-        .put(&path, &mut contents.as_bytes())
+        .upload(&path, &mut contents.as_bytes())
         .await
         .map(|_| ())
 }
@@ -49,17 +49,20 @@ pub fn marker_contents(sha1: &Sha1Digest) -> String {
 }
 
 pub async fn already_processed(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     sha1: &Sha1Digest,
-) -> Result<bool, FtpsError> {
-    session.exists_in(MARKER_DIR, &marker_name(sha1)).await
+) -> Result<bool, AccountError> {
+    account::exists_in(session, MARKER_DIR, &marker_name(sha1)).await
 }
 
-pub async fn write_marker(session: &mut FtpsSession, sha1: &Sha1Digest) -> Result<(), FtpsError> {
-    session.ensure_dir(MARKER_DIR).await?;
+pub async fn write_marker(
+    session: &mut dyn Account,
+    sha1: &Sha1Digest,
+) -> Result<(), AccountError> {
+    session.mkdir(MARKER_DIR).await?;
     let contents = marker_contents(sha1);
     session
-        .put(&marker_path(sha1), &mut contents.as_bytes())
+        .upload(&marker_path(sha1), &mut contents.as_bytes())
         .await
         .map(|_| ())
 }

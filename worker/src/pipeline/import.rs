@@ -11,7 +11,7 @@ use tracing::field::Empty;
 
 use super::summary::RunSummary;
 use super::{Deps, JobContext, archive, fetch, ftps_error, guard, hash, report, span};
-use crate::ftps::FtpsSession;
+use crate::account::Account;
 use crate::import::{ImportError, ImportParams, Run};
 use crate::metrics::Stage;
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
@@ -37,7 +37,7 @@ pub async fn import_and_report(
     tenant: &Tenant,
     key: &shared::ApiKey,
     job: &JobContext,
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     log: &TenantLog,
     run_summary: &mut RunSummary,
     fetched: &fetch::Fetched,
@@ -290,7 +290,7 @@ async fn hold(
     deps: &Deps,
     tenant: &Tenant,
     job: &JobContext,
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     log: &TenantLog,
     fetched: &fetch::Fetched,
     h: crate::import::Held,

@@ -6,10 +6,11 @@
 
 use chrono::{SecondsFormat, Utc};
 use shared::ApiKey;
+use shared::registry::Tenant;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::ftps::{FtpsConnector, FtpsSession};
+use crate::account::{Account, Connector};
 
 pub const LOG_DIR: &str = "/log";
 pub const LOG_PATH: &str = "/log/user-import.log";
@@ -17,10 +18,8 @@ pub const LOG_PATH: &str = "/log/user-import.log";
 /// Where the log goes.
 #[derive(Debug, Clone)]
 pub struct LogTarget {
-    pub connector: FtpsConnector,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
+    pub connector: Connector,
+    pub tenant: Tenant,
     pub key: ApiKey,
 }
 
@@ -46,7 +45,11 @@ pub struct LogTask {
 
 impl TenantLog {
     /// Starts the log task. `session`, when given, is used first (saves a login).
-    pub fn start(target: LogTarget, session: Option<FtpsSession>, job: Uuid) -> (Self, LogTask) {
+    pub fn start(
+        target: LogTarget,
+        session: Option<Box<dyn Account>>,
+        job: Uuid,
+    ) -> (Self, LogTask) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = tokio::spawn(pump(target, session, rx));
         (Self { tx, job }, LogTask { handle })
@@ -88,7 +91,7 @@ impl LogTask {
 
 async fn pump(
     target: LogTarget,
-    mut session: Option<FtpsSession>,
+    mut session: Option<Box<dyn Account>>,
     mut rx: mpsc::UnboundedReceiver<String>,
 ) -> LogStats {
     let mut stats = LogStats::default();
@@ -129,17 +132,13 @@ async fn pump(
 /// Appends `pending`; on failure re-opens the session once. True when written.
 async fn flush(
     target: &LogTarget,
-    session: &mut Option<FtpsSession>,
+    session: &mut Option<Box<dyn Account>>,
     pending: &mut String,
     dir_ready: &mut bool,
 ) -> bool {
     for _ in 0..2 {
         if session.is_none() {
-            match target
-                .connector
-                .connect(&target.host, target.port, &target.user, &target.key)
-                .await
-            {
+            match target.connector.connect(&target.tenant, &target.key).await {
                 Ok(s) => *session = Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open the tenant log connection");
@@ -151,7 +150,7 @@ async fn flush(
             return false;
         };
         if !*dir_ready {
-            let _ = s.ensure_dir(LOG_DIR).await;
+            let _ = s.mkdir(LOG_DIR).await;
             *dir_ready = true;
         }
         match s.append(LOG_PATH, pending.as_bytes()).await {

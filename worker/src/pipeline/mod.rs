@@ -31,10 +31,10 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use uuid::Uuid;
 
+use crate::account::{self, Account, AccountError, Connector};
 use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::fleet::lock::Lease;
-use crate::ftps::{FtpsConnector, FtpsError, FtpsSession};
 use crate::import::StopCheck;
 use crate::import::store::ImportStore;
 use crate::metrics::{Stage, WorkerMetrics};
@@ -50,7 +50,8 @@ pub struct Deps {
     registry: RwLock<Arc<Registry>>,
     pub secrets: SecretSource,
     pub http: reqwest::Client,
-    pub ftps: FtpsConnector,
+    /// Opens sessions on tenants' accounts.
+    pub accounts: Connector,
     pub mailer: Mailer,
     /// What the import remembers per tenant (Redis; connects only when an option needs it).
     pub store: ImportStore,
@@ -68,7 +69,7 @@ impl Deps {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             http: PlatformClient::http_client(&settings.platform)?,
-            ftps: FtpsConnector::from_settings(&settings.ftps)?,
+            accounts: Connector::from_settings(&settings)?,
             mailer: Mailer::from_settings(&settings.smtp)?,
             store: ImportStore::from_settings(&settings.redis)?,
             alerts: Alerts::from_settings(&settings.redis)?,
@@ -185,10 +186,8 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
     };
     let log_session = connect(deps, tenant, &key).await?;
     let target = LogTarget {
-        connector: deps.ftps.clone(),
-        host: tenant.ftps_host.clone(),
-        port: tenant.ftps_port,
-        user: tenant.name.to_string(),
+        connector: deps.accounts.clone(),
+        tenant: tenant.clone(),
         key: key.clone(),
     };
     let (log, log_task) = TenantLog::start(target, Some(log_session), job.job_id);
@@ -201,7 +200,16 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             .map(|f| format!(", lock fence {f}"))
             .unwrap_or_default()
     ));
-    let result = stages(deps, tenant, &key, job, &mut session, &log, &mut summary).await;
+    let result = stages(
+        deps,
+        tenant,
+        &key,
+        job,
+        session.as_mut(),
+        &log,
+        &mut summary,
+    )
+    .await;
     // A job that lost its lock (or is being stopped) makes no further side effect: another run
     // owns the tenant now, and will alert and summarise itself.
     if !job.should_stop() {
@@ -215,7 +223,7 @@ async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome
             Ok(Outcome::Imported { .. } | Outcome::Verified { .. } | Outcome::Held { .. }) => {}
         }
         summary.finish(&result, Utc::now());
-        match summary::write(&mut session, &summary).await {
+        match summary::write(session.as_mut(), &summary).await {
             Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
             Err(e) => log.line(format!("the run summary could not be written: {e}")),
         }
@@ -264,7 +272,7 @@ async fn stages(
     tenant: &Tenant,
     key: &shared::ApiKey,
     job: &JobContext,
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     log: &TenantLog,
     summary: &mut RunSummary,
 ) -> Result<Outcome, JobError> {
@@ -312,7 +320,7 @@ async fn stages(
         )
         .await
         .map_err(|e| match e {
-            FtpsError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
+            AccountError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
                 size: limit + 1,
                 limit,
             }),
@@ -350,9 +358,7 @@ async fn stages(
     let seen = metrics
         .time(
             Stage::Hash,
-            session
-                .exists_in(hash::MARKER_DIR, &marker)
-                .instrument(span.clone()),
+            account::exists_in(session, hash::MARKER_DIR, &marker).instrument(span.clone()),
         )
         .await
         .map_err(ftps_error);
@@ -417,8 +423,7 @@ async fn stages(
     let confirmed = guard_state == guard::State::Confirmed;
     let force_full = tenant.import.skip_unchanged
         && !verify
-        && session
-            .exists_in(fetch::UPLOAD_DIR, fetch::FULL_FLAG_NAME)
+        && account::exists_in(session, fetch::UPLOAD_DIR, fetch::FULL_FLAG_NAME)
             .await
             .map_err(ftps_error)?;
     job.check()?;
@@ -442,7 +447,7 @@ async fn verify_upload(
     tenant: &Tenant,
     key: &shared::ApiKey,
     job: &JobContext,
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     log: &TenantLog,
     summary: &mut RunSummary,
     max_bytes: u64,
@@ -453,7 +458,7 @@ async fn verify_upload(
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
             // Never in the way of the import: said in the log, and the run goes on.
-            Err(FtpsError::TooLarge { limit }) => {
+            Err(AccountError::TooLarge { limit }) => {
                 log.line(format!(
                     "{} is larger than the limit of {limit} bytes: not verified",
                     fetch::VERIFY_UPLOAD_PATH
@@ -463,8 +468,7 @@ async fn verify_upload(
             Err(e) => return Err(ftps_error(e)),
         };
     let marker = hash::marker_name_for(&fetched.sha1, true);
-    if session
-        .exists_in(hash::MARKER_DIR, &marker)
+    if account::exists_in(session, hash::MARKER_DIR, &marker)
         .await
         .map_err(ftps_error)?
     {
@@ -517,28 +521,20 @@ async fn connect(
     deps: &Deps,
     tenant: &Tenant,
     key: &shared::ApiKey,
-) -> Result<FtpsSession, JobError> {
-    deps.ftps
-        .connect(
-            &tenant.ftps_host,
-            tenant.ftps_port,
-            tenant.name.as_str(),
-            key,
-        )
-        .await
-        .map_err(ftps_error)
+) -> Result<Box<dyn Account>, JobError> {
+    deps.accounts.connect(tenant, key).await.map_err(ftps_error)
 }
 
-fn ftps_error(e: FtpsError) -> JobError {
+fn ftps_error(e: AccountError) -> JobError {
     match e {
-        FtpsError::Credentials => Permanent::FtpsCredentials.into(),
-        FtpsError::Certificate(why) => Permanent::FtpsCertificate(why).into(),
-        FtpsError::TooLarge { limit } => Permanent::FileTooLarge {
+        AccountError::Credentials => Permanent::FtpsCredentials.into(),
+        AccountError::Certificate(why) => Permanent::FtpsCertificate(why).into(),
+        AccountError::TooLarge { limit } => Permanent::FileTooLarge {
             size: limit + 1,
             limit,
         }
         .into(),
-        FtpsError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
+        AccountError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
         other => Retryable::Ftps(other.to_string()).into(),
     }
 }

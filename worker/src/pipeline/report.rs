@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use shared::Sha1Digest;
 use shared::registry::Tenant;
 
+use crate::account::{Account, AccountError};
 use crate::email::{MailAttachment, Mailer};
-use crate::ftps::{FtpsError, FtpsSession};
 use crate::import::ImportSummary;
 use crate::import::apply::RowResult;
 
@@ -32,13 +32,13 @@ pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, verify: bool) 
 
 /// Uploads the results CSV; returns its path on the account.
 pub async fn upload_results(
-    session: &mut FtpsSession,
+    session: &mut dyn Account,
     summary: &ImportSummary,
     path: &str,
-) -> Result<(), FtpsError> {
-    session.ensure_dir(REPORTS_DIR).await?;
+) -> Result<(), AccountError> {
+    session.mkdir(REPORTS_DIR).await?;
     let mut file = tokio::fs::File::open(&summary.results_file).await?;
-    session.put(path, &mut file).await.map(|_| ())
+    session.upload(path, &mut file).await.map(|_| ())
 }
 
 /// The subject: tenant, outcome and counts, readable in an inbox list.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use tokio::time::Instant;
 
-use crate::ftps::{FtpsError, FtpsSession};
+use crate::account::{Account, AccountError};
 
 /// What one look at the file saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +21,13 @@ pub struct Look {
 }
 
 /// Looks at `path`; `Ok(None)` when there is no file.
-pub async fn look(session: &mut FtpsSession, path: &str) -> Result<Option<Look>, FtpsError> {
+pub async fn look(session: &mut dyn Account, path: &str) -> Result<Option<Look>, AccountError> {
     let at = Instant::now();
-    let Some(size) = session.size(path).await? else {
-        return Ok(None);
-    };
-    let modified = match session.modified(path).await {
-        Ok(m) => m,
-        // MDTM is an extension: a server that refuses it still has SIZE to go by.
-        Err(FtpsError::Transport(_)) => None,
-        Err(e) => return Err(e),
-    };
-    Ok(Some(Look { size, modified, at }))
+    Ok(session.stat(path).await?.map(|s| Look {
+        size: s.size,
+        modified: s.modified,
+        at,
+    }))
 }
 
 /// Sleeps until `settle` has passed since `first`, or until `cancel` fires.

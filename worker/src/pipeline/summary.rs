@@ -14,7 +14,7 @@ use shared::job::Trigger;
 use uuid::Uuid;
 
 use super::report::REPORTS_DIR;
-use crate::ftps::{FtpsError, FtpsSession};
+use crate::account::{Account, AccountError};
 use crate::outcome::{Counts, JobError, Outcome};
 
 pub const SCHEMA: u32 = 1;
@@ -135,15 +135,15 @@ pub fn path_next_to(report_path: &str) -> String {
 }
 
 /// Writes the summary: next to the report when there is one, and as the latest summary.
-pub async fn write(session: &mut FtpsSession, summary: &RunSummary) -> Result<(), FtpsError> {
-    session.ensure_dir(REPORTS_DIR).await?;
+pub async fn write(session: &mut dyn Account, summary: &RunSummary) -> Result<(), AccountError> {
+    session.mkdir(REPORTS_DIR).await?;
     let bytes = summary.to_json();
     if let Some(report) = &summary.report_path {
         session
-            .put(&path_next_to(report), &mut bytes.as_slice())
+            .upload(&path_next_to(report), &mut bytes.as_slice())
             .await?;
     }
-    session.put(LATEST_PATH, &mut bytes.as_slice()).await?;
+    session.upload(LATEST_PATH, &mut bytes.as_slice()).await?;
     Ok(())
 }
 

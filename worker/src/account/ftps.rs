@@ -1,7 +1,8 @@
 //! The FTPS client: explicit TLS (AUTH TLS, PROT P) over rustls, the server certificate always
 //! verified (against a configured CA file, else the Mozilla roots), passive data connections made
 //! to the control connection's peer (the address inside a PASV answer is never used), and every
-//! operation bounded by a timeout.
+//! operation bounded by a timeout. [`FtpsSession`] is the first implementation of
+//! [`Account`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,31 +19,7 @@ use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
 use suppaftp::{FtpError, Mode, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// What went wrong talking to the FTPS server, sorted by what the caller does about it.
-#[derive(Debug, thiserror::Error)]
-pub enum FtpsError {
-    #[error("login refused")]
-    Credentials,
-    #[error("server certificate refused: {0}")]
-    Certificate(String),
-    #[error("no such file")]
-    NotFound,
-    #[error("file larger than {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Transport(String),
-    #[error("local file: {0}")]
-    LocalIo(#[from] std::io::Error),
-}
-
-impl FtpsError {
-    /// Network trouble that a later attempt may not meet.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, FtpsError::Timeout(_) | FtpsError::Transport(_))
-    }
-}
+use super::{Account, AccountError, Stat};
 
 /// Built once at start-up; opens one session per job.
 #[derive(Clone)]
@@ -93,15 +70,15 @@ impl FtpsConnector {
         port: u16,
         user: &str,
         key: &ApiKey,
-    ) -> Result<FtpsSession, FtpsError> {
+    ) -> Result<FtpsSession, AccountError> {
         let refusal = Arc::new(Mutex::new(None));
         let verifier =
             WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .build()
-                .map_err(|e| FtpsError::Certificate(e.to_string()))?;
+                .map_err(|e| AccountError::Certificate(e.to_string()))?;
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| FtpsError::Transport(e.to_string()))?
+            .map_err(|e| AccountError::Transport(e.to_string()))?
             // Not a way around verification: the wrapper calls the WebPKI verifier and only
             // remembers why it refused, so the refusal can be told apart from a network error.
             .dangerous()
@@ -127,7 +104,7 @@ impl FtpsConnector {
             Err(e) => {
                 let refused = refusal.lock().ok().and_then(|r| r.clone());
                 return Err(match refused {
-                    Some(why) => FtpsError::Certificate(why),
+                    Some(why) => AccountError::Certificate(why),
                     None => transport(e),
                 });
             }
@@ -140,7 +117,7 @@ impl FtpsConnector {
             Err(FtpError::UnexpectedResponse(r))
                 if matches!(r.status, Status::NotLoggedIn | Status::InvalidCredentials) =>
             {
-                return Err(FtpsError::Credentials);
+                return Err(AccountError::Credentials);
             }
             Err(e) => return Err(transport(e)),
         }
@@ -163,9 +140,9 @@ impl std::fmt::Debug for FtpsSession {
     }
 }
 
-impl FtpsSession {
-    /// The size of a file, `None` if there is none.
-    pub async fn size(&mut self, path: &str) -> Result<Option<u64>, FtpsError> {
+#[async_trait::async_trait]
+impl Account for FtpsSession {
+    async fn size(&mut self, path: &str) -> Result<Option<u64>, AccountError> {
         match bounded(self.io, self.stream.size(path)).await? {
             Ok(n) => Ok(Some(n as u64)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -173,20 +150,21 @@ impl FtpsSession {
         }
     }
 
-    /// The modification time of a file (MDTM, UTC, to the second), `None` if there is none.
-    pub async fn modified(
-        &mut self,
-        path: &str,
-    ) -> Result<Option<chrono::NaiveDateTime>, FtpsError> {
-        match bounded(self.io, self.stream.mdtm(path)).await? {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(transport(e)),
-        }
+    /// SIZE, then MDTM (UTC, to the second). MDTM is an extension: a server that refuses it still
+    /// has SIZE to go by, and the time is then `None`.
+    async fn stat(&mut self, path: &str) -> Result<Option<Stat>, AccountError> {
+        let Some(size) = self.size(path).await? else {
+            return Ok(None);
+        };
+        let modified = match bounded(self.io, self.stream.mdtm(path)).await? {
+            Ok(t) => Some(t),
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(_) => None,
+        };
+        Ok(Some(Stat { size, modified }))
     }
 
-    /// The names of the entries of `dir` (no paths); empty when the directory is missing.
-    pub async fn names_in(&mut self, dir: &str) -> Result<Vec<String>, FtpsError> {
+    async fn list(&mut self, dir: &str) -> Result<Vec<String>, AccountError> {
         let names = match bounded(self.io, self.stream.nlst(Some(dir))).await? {
             Ok(n) => n,
             Err(e) if is_not_found(&e) => return Ok(Vec::new()),
@@ -200,8 +178,7 @@ impl FtpsSession {
             .collect())
     }
 
-    /// Deletes a file; one already gone is fine.
-    pub async fn remove(&mut self, path: &str) -> Result<(), FtpsError> {
+    async fn remove(&mut self, path: &str) -> Result<(), AccountError> {
         match bounded(self.io, self.stream.rm(path)).await? {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -209,19 +186,19 @@ impl FtpsSession {
         }
     }
 
-    /// Streams `path` into `dest`, handing each chunk to `inspect` (the hasher) on the way.
-    /// Refuses to go past `max_bytes`. `Ok(None)` when the file does not exist.
-    pub async fn download<W, F>(
+    async fn rename(&mut self, from: &str, to: &str) -> Result<(), AccountError> {
+        bounded(self.io, self.stream.rename(from, to))
+            .await?
+            .map_err(transport)
+    }
+
+    async fn download(
         &mut self,
         path: &str,
-        dest: &mut W,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
         max_bytes: u64,
-        mut inspect: F,
-    ) -> Result<Option<u64>, FtpsError>
-    where
-        W: AsyncWrite + Unpin,
-        F: FnMut(&[u8]),
-    {
+        inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> Result<Option<u64>, AccountError> {
         let mut transfer = match bounded(self.io, self.stream.retr_as_stream(path)).await? {
             Ok(t) => t,
             Err(e) if is_not_found(&e) => return Ok(None),
@@ -232,7 +209,7 @@ impl FtpsSession {
         loop {
             let n = bounded(self.io, transfer.read(&mut buf))
                 .await?
-                .map_err(|e| FtpsError::Transport(format!("reading {path}: {e}")))?;
+                .map_err(|e| AccountError::Transport(format!("reading {path}: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -241,7 +218,7 @@ impl FtpsSession {
                 // Dropping the transfer closes the data connection; the server's 426 is drained
                 // by the next command or goes with the session.
                 drop(transfer);
-                return Err(FtpsError::TooLarge { limit: max_bytes });
+                return Err(AccountError::TooLarge { limit: max_bytes });
             }
             inspect(&buf[..n]);
             dest.write_all(&buf[..n]).await?;
@@ -253,8 +230,7 @@ impl FtpsSession {
         Ok(Some(total))
     }
 
-    /// Appends bytes to a file (created if missing).
-    pub async fn append(&mut self, path: &str, bytes: &[u8]) -> Result<(), FtpsError> {
+    async fn append(&mut self, path: &str, bytes: &[u8]) -> Result<(), AccountError> {
         let mut reader = bytes;
         bounded(self.io, self.stream.append_file(path, &mut reader))
             .await?
@@ -262,44 +238,17 @@ impl FtpsSession {
         Ok(())
     }
 
-    /// Uploads (replaces) a file from any reader.
-    pub async fn put<R: AsyncRead + Unpin>(
+    async fn upload(
         &mut self,
         path: &str,
-        reader: &mut R,
-    ) -> Result<u64, FtpsError> {
-        bounded(self.io, self.stream.put_file(path, reader))
+        reader: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, AccountError> {
+        bounded(self.io, self.stream.put_file(path, &mut &mut *reader))
             .await?
             .map_err(transport)
     }
 
-    /// Whether a file of that exact name is in `dir`.
-    pub async fn exists_in(&mut self, dir: &str, name: &str) -> Result<bool, FtpsError> {
-        let names = match bounded(self.io, self.stream.nlst(Some(dir))).await? {
-            Ok(n) => n,
-            Err(e) if is_not_found(&e) => return Ok(false),
-            Err(e) => return Err(transport(e)),
-        };
-        Ok(names
-            .iter()
-            .any(|n| n.rsplit('/').next().map(str::trim) == Some(name)))
-    }
-
-    /// A small file's contents (at most `max_bytes`), `None` if there is none.
-    pub async fn read_small(
-        &mut self,
-        path: &str,
-        max_bytes: u64,
-    ) -> Result<Option<Vec<u8>>, FtpsError> {
-        let mut out = Vec::new();
-        Ok(self
-            .download(path, &mut out, max_bytes, |_| {})
-            .await?
-            .map(|_| out))
-    }
-
-    /// Creates a directory; an existing one is fine.
-    pub async fn ensure_dir(&mut self, dir: &str) -> Result<(), FtpsError> {
+    async fn mkdir(&mut self, dir: &str) -> Result<(), AccountError> {
         match bounded(self.io, self.stream.mkdir(dir)).await? {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -307,24 +256,30 @@ impl FtpsSession {
         }
     }
 
-    pub async fn quit(mut self) {
+    async fn keepalive(&mut self) -> Result<(), AccountError> {
+        bounded(self.io, self.stream.noop())
+            .await?
+            .map_err(transport)
+    }
+
+    async fn quit(mut self: Box<Self>) {
         let _ = bounded(self.io, self.stream.quit()).await;
     }
 }
 
 /// Runs `fut` within `limit`.
-async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, FtpsError> {
+async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, AccountError> {
     tokio::time::timeout(limit, fut)
         .await
-        .map_err(|_| FtpsError::Timeout(limit))
+        .map_err(|_| AccountError::Timeout(limit))
 }
 
 fn is_not_found(e: &FtpError) -> bool {
     matches!(e, FtpError::UnexpectedResponse(r) if r.status == Status::FileUnavailable)
 }
 
-fn transport(e: FtpError) -> FtpsError {
-    FtpsError::Transport(e.to_string())
+fn transport(e: FtpError) -> AccountError {
+    AccountError::Transport(e.to_string())
 }
 
 fn load_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

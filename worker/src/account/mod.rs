@@ -1,0 +1,138 @@
+//! The tenant's account: its folders and files on the file server (`/uploads`, `/tmp`, `/log`,
+//! `/reports`, `/archive`), behind one interface, [`Account`]. FTPS ([`ftps`]) is its first
+//! implementation. Nothing above this module knows which protocol it talks: the pipeline reads and
+//! writes through `dyn Account`, which it gets from [`Connector::connect`].
+//!
+//! This is a client: it never imports the pipeline, the import or the fleet.
+
+pub mod ftps;
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use shared::ApiKey;
+use shared::registry::Tenant;
+use shared::settings::Settings;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What went wrong talking to the tenant's account, sorted by what the caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("login refused")]
+    Credentials,
+    #[error("server certificate refused: {0}")]
+    Certificate(String),
+    #[error("file larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Transport(String),
+    #[error("local file: {0}")]
+    LocalIo(#[from] std::io::Error),
+}
+
+/// A file's size and modification time (UTC, to the second; `None` when the server does not
+/// tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    pub modified: Option<NaiveDateTime>,
+}
+
+/// One logged-in session on a tenant's account. Paths are absolute from the account's root.
+/// "No such file" is never an error: it is `None`, an empty list, or (for `remove`) success.
+#[async_trait::async_trait]
+pub trait Account: Send + std::fmt::Debug {
+    /// The size of a file, `None` if there is none.
+    async fn size(&mut self, path: &str) -> Result<Option<u64>, AccountError>;
+    /// Size and modification time, `None` if there is no file.
+    async fn stat(&mut self, path: &str) -> Result<Option<Stat>, AccountError>;
+    /// The names (not paths) of the entries of `dir`; empty when the folder is missing.
+    async fn list(&mut self, dir: &str) -> Result<Vec<String>, AccountError>;
+    /// Streams `path` into `dest`, handing each chunk to `inspect` (a hasher) on the way, and
+    /// refuses to go past `max_bytes`. `Ok(None)` when there is no file.
+    async fn download(
+        &mut self,
+        path: &str,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+        max_bytes: u64,
+        inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> Result<Option<u64>, AccountError>;
+    /// Uploads (replaces) a file; returns the bytes written.
+    async fn upload(
+        &mut self,
+        path: &str,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, AccountError>;
+    /// Appends to a file, created if missing.
+    async fn append(&mut self, path: &str, bytes: &[u8]) -> Result<(), AccountError>;
+    async fn rename(&mut self, from: &str, to: &str) -> Result<(), AccountError>;
+    /// Deletes a file; one already gone is fine.
+    async fn remove(&mut self, path: &str) -> Result<(), AccountError>;
+    /// Creates a folder; an existing one is fine.
+    async fn mkdir(&mut self, dir: &str) -> Result<(), AccountError>;
+    /// Keeps an idle session open (the server's idle timeout).
+    async fn keepalive(&mut self) -> Result<(), AccountError>;
+    /// Ends the session politely (errors ignored: it is going anyway).
+    async fn quit(self: Box<Self>);
+}
+
+/// Whether a file of that exact name is in `dir`.
+pub async fn exists_in(
+    account: &mut dyn Account,
+    dir: &str,
+    name: &str,
+) -> Result<bool, AccountError> {
+    Ok(account.list(dir).await?.iter().any(|n| n == name))
+}
+
+/// A small file's contents (at most `max_bytes`), `None` if there is none.
+pub async fn read_small(
+    account: &mut dyn Account,
+    path: &str,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, AccountError> {
+    let mut out = Vec::new();
+    let got = account
+        .download(path, &mut out, max_bytes, &mut |_| {})
+        .await?;
+    Ok(got.map(|_| out))
+}
+
+/// Opens sessions on tenants' accounts; built once at start-up.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    ftps: ftps::FtpsConnector,
+}
+
+impl Connector {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            ftps: ftps::FtpsConnector::from_settings(&settings.ftps)?,
+        })
+    }
+
+    /// Logs in to `tenant`'s account with its key.
+    pub async fn connect(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKey,
+    ) -> Result<Box<dyn Account>, AccountError> {
+        let session = self
+            .ftps
+            .connect(
+                &tenant.ftps_host,
+                tenant.ftps_port,
+                tenant.name.as_str(),
+                key,
+            )
+            .await?;
+        Ok(Box::new(session))
+    }
+
+    /// The FTPS connector itself (tests and the FTPS benchmark).
+    pub fn ftps(&self) -> &ftps::FtpsConnector {
+        &self.ftps
+    }
+}
