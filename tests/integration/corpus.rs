@@ -13,8 +13,7 @@ use shared::settings::Settings;
 use worker::import::{ImportError, ImportParams};
 use worker::platform::PlatformClient;
 
-use crate::harness;
-use crate::tenant_env::csv_rows;
+use harness::fixtures::{TenantEntry, csv_rows};
 
 #[derive(Debug, Deserialize)]
 struct Expected {
@@ -68,17 +67,14 @@ async fn import_one(
     fake.add_tenant(&domain, "corpus-key");
     let registry = Registry::parse(
         Path::new("corpus.toml"),
-        &format!(
-            r#"[[tenant]]
-name = "{name}"
-region = "eu"
-portal_domain = "{domain}"
-api_base_url = "{}"
-ftps_host = "127.0.0.1"
-admin = {{ username = "admin", email = "admin@example.com" }}
-"#,
-            fake.base_url()
-        ),
+        &TenantEntry {
+            portal_domain: domain.clone(),
+            api_base_url: fake.base_url(),
+            ftps_host: "127.0.0.1".to_owned(),
+            admin_email: "admin@example.com".to_owned(),
+            ..TenantEntry::new(&name)
+        }
+        .toml(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tenant = registry.get(&name).unwrap_or_else(|| panic!("tenant"));

@@ -10,18 +10,8 @@ use platform_fake::Faults;
 use shared::amqp::{HEADER_REASON, header_str};
 use tokio::sync::mpsc;
 
-use crate::fleet_env::{FleetEnv, FleetOptions, collect_until};
-use crate::tenant_env::HEADER;
-
-fn users_csv(tag: &str, n: usize) -> String {
-    let mut csv = format!("{HEADER}\n");
-    for i in 0..n {
-        csv.push_str(&format!(
-            "{tag}{i:03},First{i},Last{i},{tag}{i}@example.org,Sales,,\n"
-        ));
-    }
-    csv
-}
+use harness::fixtures::{tenant_log, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions, collect_until};
 
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
 async fn eventually(timeout: Duration, what: &str, check: impl Fn() -> bool) {
@@ -245,7 +235,7 @@ async fn sigterm_during_a_job_drains_releases_the_lock_and_exits_zero() {
         .unwrap_or_else(|_| panic!("the worker did not exit after SIGTERM"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.code(), Some(0), "exit 0 after draining");
-    let mut redis = redis::Client::open(crate::harness::redis_url())
+    let mut redis = redis::Client::open(harness::redis_url())
         .unwrap_or_else(|e| panic!("{e}"))
         .get_multiplexed_async_connection()
         .await
@@ -360,7 +350,7 @@ async fn one_tick_from_three_scheduler_replicas_makes_exactly_one_job_and_one_ru
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_broker_restart_mid_run_the_scheduler_and_workers_recover_and_the_jobs_finish() {
-    let broker = crate::harness::private_broker().await;
+    let broker = harness::private_broker().await;
     let env = FleetEnv::new(FleetOptions {
         tenants: 3,
         amqp_url: Some(broker.amqp_url()),
@@ -491,10 +481,7 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
     let calls_at_resume = env.fake.calls(&domain).total();
     signal("-CONT");
     let log_of_job = || {
-        let log = env.accounts[0]
-            .read("log/user-import.log")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let log = tenant_log(&env.accounts[0]);
         log.lines()
             .filter(|l| l.contains(&job.job_id.to_string()))
             .map(str::to_owned)
@@ -554,7 +541,7 @@ async fn after_redis_lost_its_locks_a_new_holder_starts_only_once_the_old_one_st
         latency_ms: 40,
         ..Faults::default()
     });
-    let mut redis = redis::Client::open(crate::harness::redis_url())
+    let mut redis = redis::Client::open(harness::redis_url())
         .unwrap_or_else(|e| panic!("{e}"))
         .get_multiplexed_async_connection()
         .await

@@ -13,8 +13,7 @@ use worker::job::{JobRun, Lease, LockHold, Mail};
 use worker::pipeline::hash;
 use worker::{JobContext, JobError};
 
-use crate::harness;
-use crate::tenant_env::TenantEnv;
+use harness::tenant_env::TenantEnv;
 
 /// Every file of the account with its bytes.
 fn files(env: &TenantEnv) -> BTreeMap<String, Vec<u8>> {

@@ -5,8 +5,8 @@ use platform_fake::Faults;
 use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
-use crate::harness;
-use crate::tenant_env::{HEADER, Options, TenantEnv, csv_rows};
+use harness::fixtures::{HEADER, csv_rows};
+use harness::tenant_env::{Options, TenantEnv};
 
 fn three_users() -> String {
     format!(
@@ -410,7 +410,7 @@ async fn an_unknown_tenant_is_a_permanent_error() {
 async fn worker_once_prints_one_json_line_and_exits_by_outcome() {
     let env = TenantEnv::new().await;
     env.upload(&three_users());
-    let bin = crate::tenant_env::worker_binary();
+    let bin = harness::binaries::worker_binary();
     let key_var = shared::registry::secrets::SecretSource::env_var_for(
         &shared::TenantName::parse(env.tenant()).unwrap_or_else(|e| panic!("{e}")),
     );

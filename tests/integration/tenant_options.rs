@@ -6,7 +6,8 @@ use platform_fake::{DEACTIVATED, FakeUser, call};
 use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
-use crate::tenant_env::{HEADER, Options, TenantEnv, csv_rows};
+use harness::fixtures::{HEADER, csv_rows};
+use harness::tenant_env::{Options, TenantEnv};
 
 fn with_import(lines: &str) -> Options {
     Options {
@@ -475,7 +476,7 @@ async fn full_sync_deactivates_in_chunks_of_500_and_the_guard_counts_it() {
     for n in &names {
         env.fake.insert_user(&env.domain, FakeUser::new(n));
     }
-    let redis = redis::Client::open(crate::harness::redis_url()).unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis::Client::open(harness::redis_url()).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = redis
         .get_multiplexed_async_connection()
         .await

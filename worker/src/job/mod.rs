@@ -16,9 +16,9 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::ApiKey;
 use shared::job::Trigger;
 use shared::registry::Tenant;
-use shared::{ApiKey, Sha1Digest};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -132,13 +132,7 @@ impl StopCheck for Gate {
     }
 }
 
-/// The local copy of a file fetched from the account, hashed on the way.
-#[derive(Debug)]
-pub struct LocalFile {
-    pub file: tempfile::NamedTempFile,
-    pub size: u64,
-    pub sha1: Sha1Digest,
-}
+pub use crate::account::LocalFile;
 
 /// A message for the tenant's admin.
 #[derive(Debug)]
@@ -324,16 +318,16 @@ impl<'d> JobRun<'d> {
         account::read_small(&mut **a, path, max).await
     }
 
-    /// Streams `path` into `dest`, through `inspect`; `Ok(None)`: no such file.
-    pub async fn download(
+    /// Fetches `path` to a local temporary file in `dir`, hashed on the way (see
+    /// [`account::fetch_file`]); `Ok(None)`: no such file.
+    pub async fn fetch_file(
         &self,
         path: &str,
-        dest: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
         max_bytes: u64,
-        inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
-    ) -> Result<Option<u64>, AccountError> {
+        dir: &std::path::Path,
+    ) -> Result<Option<LocalFile>, AccountError> {
         let mut a = self.session.get().await?;
-        a.download(path, dest, max_bytes, inspect).await
+        account::fetch_file(&mut **a, path, max_bytes, dir).await
     }
 
     // Writes: each asks the gate first.

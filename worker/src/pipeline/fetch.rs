@@ -1,13 +1,7 @@
 //! Stage fetch: stream `/uploads/user-import.csv` to a local temporary file, hashing it on the way
-//! (one pass, a fixed-size buffer), refusing files over the size limit before and during the
-//! transfer. A first look at the file's size and time is taken before the download, for the
+//! (one pass, a fixed-size buffer: [`crate::account::fetch_file`]), refusing files over the size
+//! limit before and during the transfer. A first look at the file's size and time is taken before the download, for the
 //! settle check.
-
-use std::time::Instant;
-
-use sha1::{Digest, Sha1};
-use shared::Sha1Digest;
-use tokio::io::BufWriter;
 
 use super::Step;
 use crate::account::AccountError;
@@ -65,30 +59,8 @@ pub async fn fetch_logged(job: &JobRun<'_>, path: &str) -> Result<Option<LocalFi
 
 /// `Ok(None)`: there is no file at `path`.
 pub async fn fetch(job: &JobRun<'_>, path: &str) -> Result<Option<LocalFile>, AccountError> {
-    let max_bytes = max_file_bytes(job);
-    // SIZE first: a file over the limit is refused without moving a byte.
-    match job.size(path).await? {
-        None => return Ok(None),
-        Some(size) if size > max_bytes => return Err(AccountError::TooLarge { limit: max_bytes }),
-        Some(_) => {}
-    }
-    let file = tempfile::Builder::new()
-        .prefix("user-import-")
-        .suffix(".csv")
-        .tempfile_in(work_dir(job))?;
-    let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
-    let mut hasher = Sha1::new();
-    let clock = Instant::now();
-    let size = job
-        .download(path, &mut out, max_bytes, &mut |chunk| hasher.update(chunk))
-        .await?;
-    tracing::debug!(took_ms = clock.elapsed().as_millis() as u64, "downloaded");
-    let Some(size) = size else {
-        // Deleted between SIZE and RETR.
-        return Ok(None);
-    };
-    let sha1 = Sha1Digest::from_bytes(hasher.finalize().into());
-    Ok(Some(LocalFile { file, size, sha1 }))
+    job.fetch_file(path, max_file_bytes(job), &work_dir(job))
+        .await
 }
 
 /// The tenant's file size limit (never above the fleet's).
