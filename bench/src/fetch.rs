@@ -1,20 +1,23 @@
-//! FTPS fetch+hash: one download of a file with the worker's own code. The file sink is the
-//! pipeline's fetch itself ([`worker::pipeline::fetch::fetch_from`]: SIZE, RETR streamed to a
-//! temporary file through its buffered writer, SHA1 on the way), on an account opened by the
-//! worker's FTPS client ([`worker::account::ftps::FtpsConnector`]). The clock covers what a `curl` run covers: connect, TLS,
-//! login, SIZE, RETR, the transfer and QUIT.
+//! FTPS fetch+hash: one download of a file over the worker's own account client
+//! ([`worker::account::ftps::FtpsConnector`], used through the [`worker::account::Account`]
+//! interface the pipeline uses). The file sink takes the steps of the pipeline's fetch stage
+//! (`worker::pipeline::fetch::fetch`): SIZE against the limit, then `Account::download` into a
+//! temporary file through a 256 KiB `BufWriter`, SHA1 on the way. That stage reads through a
+//! `JobRun` (a tenant's settings, lease and log), which a bare download does not have, so the
+//! steps are taken here on the same interface. The clock covers what a `curl` run covers:
+//! connect, TLS, login, SIZE, RETR, the transfer and QUIT.
 //!
-//! The discard sink splits the cost for a diagnosis: the same account's
-//! [`worker::account::Account::download`] with the bytes dropped, hashed or not.
+//! The discard sink splits the cost for a diagnosis: the same download with the bytes dropped,
+//! hashed or not.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 use shared::ApiKey;
+use tokio::io::{AsyncWrite, BufWriter};
 use worker::account::Account;
 use worker::account::ftps::FtpsConnector;
-use worker::pipeline::fetch::fetch_from;
 
 /// Where the file is and who reads it.
 #[derive(Debug, Clone)]
@@ -68,56 +71,65 @@ pub async fn download_once(
             .connect(&target.host, target.port, &target.user, &target.key)
             .await?,
     );
-    let missing = || anyhow::anyhow!("no file {} on the server", target.path);
-    // The temporary file is kept until the clock stops, as curl's output file is.
-    let (bytes, transfer, sha1, _file) = match sink {
-        Sink::TempFile(dir) => {
-            // SIZE is inside the pipeline's fetch, so inside this transfer time too.
-            let transfer_started = Instant::now();
-            let fetched = fetch_from(session.as_mut(), &target.path, max_bytes, dir)
-                .await?
-                .ok_or_else(missing)?;
-            let transfer = transfer_started.elapsed();
-            let sha1 = fetched.sha1.as_str().to_owned();
-            (fetched.size, transfer, Some(sha1), Some(fetched.file))
-        }
-        Sink::Discard => {
-            let size = session.size(&target.path).await?.ok_or_else(missing)?;
-            let mut hasher = hash.then(Sha1::new);
-            let transfer_started = Instant::now();
-            let bytes = session
-                .download(
-                    &target.path,
-                    &mut tokio::io::sink(),
-                    max_bytes,
-                    &mut |chunk| {
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(chunk);
-                        }
-                    },
-                )
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))?;
-            let transfer = transfer_started.elapsed();
-            if bytes != size {
-                anyhow::bail!("SIZE said {size} bytes, the transfer brought {bytes}");
-            }
-            (
-                bytes,
-                transfer,
-                hasher.map(|h| hex::encode(h.finalize())),
-                None,
-            )
+    // As the fetch stage does: SIZE first, a file over the limit refused before any transfer.
+    let size = session
+        .size(&target.path)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no file {} on the server", target.path))?;
+    anyhow::ensure!(
+        size <= max_bytes,
+        "{size} bytes, over the limit of {max_bytes}"
+    );
+    let mut hasher = (hash || matches!(sink, Sink::TempFile(_))).then(Sha1::new);
+    let mut inspect = |chunk: &[u8]| {
+        if let Some(h) = hasher.as_mut() {
+            h.update(chunk);
         }
     };
+    let transfer_started = Instant::now();
+    // The temporary file is kept until the clock stops, as curl's output file is.
+    let (bytes, _file) = match sink {
+        Sink::TempFile(dir) => {
+            let file = tempfile::Builder::new()
+                .prefix("user-import-")
+                .suffix(".csv")
+                .tempfile_in(dir)?;
+            let mut out =
+                BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
+            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
+            (n, Some(file))
+        }
+        Sink::Discard => {
+            let mut out = tokio::io::sink();
+            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
+            (n, None)
+        }
+    };
+    let transfer = transfer_started.elapsed();
     session.quit().await;
     let total = started.elapsed();
+    if bytes != size {
+        anyhow::bail!("SIZE said {size} bytes, the transfer brought {bytes}");
+    }
     Ok(Run {
         bytes,
         total,
         transfer,
-        sha1,
+        sha1: hasher.map(|h| hex::encode(h.finalize())),
     })
+}
+
+async fn download<W: AsyncWrite + Unpin + Send>(
+    session: &mut dyn Account,
+    target: &Target,
+    out: &mut W,
+    max_bytes: u64,
+    inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+) -> anyhow::Result<u64> {
+    session
+        .download(&target.path, out, max_bytes, inspect)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))
 }
 
 /// SHA1 of `total` bytes of memory in `chunk`-sized updates: the hash's own speed, MiB/s.

@@ -461,7 +461,8 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
         latency_ms: 1500,
         ..Faults::default()
     });
-    let mut proc = env.spawn_worker_process();
+    let worker_log = env.dir.path().join("frozen-worker.log");
+    let mut proc = env.spawn_worker_process_with(&[("RUST_LOG", "info,worker=debug")], &worker_log);
     let job = env.publish_job(env.tenant(0), Utc::now()).await;
     eventually(Duration::from_secs(60), "a write in flight", || {
         env.fake.calls(&domain).get("SetUser") >= 1
@@ -486,12 +487,22 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    // The stale run stops (the worker's own log says so) and, having lost its lock, writes
+    // nothing more to the tenant's account, not even its last log line.
     eventually(Duration::from_secs(30), "the stale run to stop", || {
-        log_of_job()
-            .iter()
-            .any(|l| l.contains("end: failed, will be retried (cancelled)"))
+        std::fs::read_to_string(&worker_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("job failed") && l.contains("cancelled"))
     })
     .await;
+    assert!(
+        !log_of_job()
+            .iter()
+            .any(|l| l.contains("end: failed, will be retried (cancelled)")),
+        "the stale run wrote its end line after losing its lock: {:?}",
+        log_of_job()
+    );
     // The hand-back waits a retry delay (1 s) before the job runs again.
     assert_eq!(
         env.fake.calls(&domain).total(),

@@ -9,6 +9,7 @@
 //!   verified certificates, SMTP delivery read back).
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
+//! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
@@ -27,6 +28,7 @@ mod broker_restart;
 mod corpus;
 mod fake_api;
 mod fleet;
+mod job_run;
 mod observability;
 mod pipeline;
 mod scheduler;

@@ -154,6 +154,10 @@ pub enum Retryable {
     Store(String),
     #[error("the job was cancelled before it finished")]
     Cancelled,
+    /// A bug or a crash inside this worker (a panic, a task that died): not the tenant's doing,
+    /// and another attempt (maybe on another worker) may not meet it.
+    #[error("worker fault: {0}")]
+    WorkerFault(String),
 }
 
 impl Retryable {
@@ -164,6 +168,7 @@ impl Retryable {
             Retryable::Io(_) => "local-io",
             Retryable::Store(_) => "redis-unavailable",
             Retryable::Cancelled => "cancelled",
+            Retryable::WorkerFault(_) => "worker-fault",
         }
     }
 }

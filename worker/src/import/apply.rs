@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::import::StopCheck;
 use crate::import::row::{RowInput, StateChange};
+use crate::platform::StopCheck;
 use crate::platform::model::{UserRecord, WriteResult};
 use crate::platform::{ApiError, PlatformClient};
 

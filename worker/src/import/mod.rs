@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use shared::registry::ImportOptions;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
@@ -50,6 +49,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("stopped before the end: the job was cancelled")]
     Cancelled,
+    /// A task of the import died (a panic): a fault of this worker, not of the file.
+    #[error("the import's worker task failed: {0}")]
+    WorkerFault(String),
 }
 
 impl From<apply::Stop> for ImportError {
@@ -116,19 +118,8 @@ pub struct ImportParams {
 
 const FIRST_PROBLEMS: usize = 50;
 
-/// Asked before every write: once it says stop, the import sends nothing more and ends as
-/// [`ImportError::Cancelled`]. A plain token for callers without a lock; the pipeline's
-/// `JobContext` also says stop once its tenant lock's lease has run out, which it knows without
-/// asking Redis (see `fleet::lock::Lease`).
-pub trait StopCheck: std::fmt::Debug + Send + Sync {
-    fn should_stop(&self) -> bool;
-}
-
-impl StopCheck for CancellationToken {
-    fn should_stop(&self) -> bool {
-        self.is_cancelled()
-    }
-}
+/// Asked before every write; see [`crate::platform::StopCheck`].
+pub use crate::platform::StopCheck;
 
 /// Runs the import of `file`. Progress lines are sent to `progress` (the tenant log).
 pub async fn run(
@@ -152,7 +143,7 @@ pub async fn run(
         let (input, out) = (file.to_owned(), utf8_copy.path().to_owned());
         tokio::task::spawn_blocking(move || decode::normalise(&input, &out))
             .await
-            .map_err(|e| ImportError::Unreadable(e.to_string()))?
+            .map_err(|e| ImportError::WorkerFault(e.to_string()))?
             .map_err(|e| match e {
                 decode::DecodeError::Binary => ImportError::Unreadable(e.to_string()),
                 decode::DecodeError::Io(io) => ImportError::Io(io),
@@ -164,7 +155,7 @@ pub async fn run(
         let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
         tokio::task::spawn_blocking(move || first_pass(&file, delimiter, &fields, &params))
             .await
-            .map_err(|e| ImportError::Unreadable(e.to_string()))??
+            .map_err(|e| ImportError::WorkerFault(e.to_string()))??
     };
     let unknown: Vec<String> = first
         .template
