@@ -1,7 +1,7 @@
 //! The benchmarks, all in one place: figures for `BENCHMARKS.md`, not timed tests.
 //!
 //! - The pipeline's (`scripts/bench-pipeline.sh`): each drives the worker's own library code
-//!   (`worker::pipeline::fetch`, `worker::import`, `worker::platform`) against the local stack or
+//!   (`worker::account`, `worker::import`, `worker::platform`) against the local stack or
 //!   the platform fake, and prints what it measured.
 //! - The fleet's (`src/bin/bench-fleet.rs`, `scripts/bench-fleet.sh`): the scheduler and
 //!   in-process workers on the real broker and Redis, with the integration tests' harness.

@@ -294,13 +294,7 @@ listen = "127.0.0.1:0"
     }
 
     pub async fn publish_raw(&self, body: &[u8], props: lapin::BasicProperties) {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("amqp: {e}"));
-        let ch = conn
-            .create_channel()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (conn, ch) = self.channel().await.unwrap_or_else(|e| panic!("amqp: {e}"));
         self.topology()
             .declare(&ch)
             .await
@@ -314,13 +308,7 @@ listen = "127.0.0.1:0"
 
     /// Reads (and acks) every message now in the dead-letter queue.
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("amqp: {e}"));
-        let ch = conn
-            .create_channel()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (conn, ch) = self.channel().await.unwrap_or_else(|e| panic!("amqp: {e}"));
         let mut out = Vec::new();
         while let Some(msg) = ch
             .basic_get(
@@ -336,11 +324,17 @@ listen = "127.0.0.1:0"
         out
     }
 
+    /// A connection to this env's broker, and a channel on it.
+    async fn channel(&self) -> Result<(Connection, lapin::Channel), lapin::Error> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        Ok((conn, ch))
+    }
+
     /// Messages ready in this env's work queue and retry queues (unacknowledged ones are not
     /// counted); a queue not declared yet counts as empty.
     pub async fn queued(&self) -> Result<u32, lapin::Error> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
-        let ch = conn.create_channel().await?;
+        let (conn, ch) = self.channel().await?;
         let t = self.topology();
         let mut queues = vec![t.queue.clone()];
         queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
@@ -356,11 +350,7 @@ listen = "127.0.0.1:0"
 
     /// Deletes this env's queues and exchanges.
     pub async fn cleanup(&self) {
-        let Ok(conn) = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        let Ok(ch) = conn.create_channel().await else {
+        let Ok((conn, ch)) = self.channel().await else {
             return;
         };
         delete_topology(&ch, &self.topology()).await;
