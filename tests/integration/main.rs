@@ -31,6 +31,7 @@ mod fake_api;
 mod fleet;
 mod fleet_env;
 mod harness;
+mod import_engine;
 mod observability;
 mod pipeline;
 mod scheduler;

@@ -387,7 +387,7 @@ async fn one_row(
             }
             return Ok(RowResult {
                 line: input.line,
-                username: shown,
+                username: username.clone(),
                 action: "none".into(),
                 status: RowStatus::Unchanged,
                 message: "same as at the last import: not sent".into(),
@@ -412,7 +412,8 @@ async fn one_row(
         }
     }
     if options.full_sync && ok {
-        store.manage(tenant, &r.username).await?;
+        // Managed under the name it has now (the new one after a rename).
+        store.manage(tenant, &shown).await?;
     }
     Ok(r)
 }
@@ -493,6 +494,9 @@ fn header_of<R: std::io::Read>(rdr: &mut BoundedReader<R>) -> Result<Vec<String>
         Some(Item::NotUtf8 { .. }) => {
             Err(ImportError::Unreadable("the header row is not text".into()))
         }
+        Some(Item::UnterminatedQuote { quote_line, .. }) => Err(ImportError::Unreadable(format!(
+            "the quote opened on line {quote_line} is never closed"
+        ))),
     }
 }
 
@@ -503,6 +507,9 @@ fn item_error(item: &Item) -> Option<RowError> {
         Item::TooLong { limit, .. } => format!("the row is longer than {limit} bytes"),
         Item::TooManyFields { .. } => format!("the row has more than {} cells", reader::MAX_FIELDS),
         Item::NotUtf8 { .. } => "the row is not valid text".into(),
+        Item::UnterminatedQuote { quote_line, .. } => format!(
+            "the quote (\") opened on line {quote_line} is never closed, so the rest of the file was read as one cell and not imported: close the quote or remove it"
+        ),
     };
     Some(RowError {
         line: item.line(),
