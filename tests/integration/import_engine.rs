@@ -165,3 +165,72 @@ async fn a_successful_rename_names_the_row_and_says_the_new_name() {
     assert!(row[4].contains("renamed to \"ada.l\""), "{row:?}");
     assert!(fake.user(&domain, "ada.l").is_some());
 }
+
+fn demo_file() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo/user-import.csv");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_file_has_one_invalid_count_from_validation_to_the_report() {
+    let fake = platform_fake::spawn(Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (domain, client) = tenant(&fake, &settings());
+    // Edsger exists and is active: his row's `Deactivated` is a deactivation by Account state.
+    fake.insert_user(
+        &domain,
+        FakeUser::new("edsger.dijkstra")
+            .with_field("forename", "Edsger")
+            .with_field("surname", "Dijkstra"),
+    );
+    let got = import(&client, &demo_file(), ImportOptions::default(), 4).await;
+    let c = &got.summary.counts;
+    let in_report = |result: &str| got.report.iter().filter(|r| r[3] == result).count() as u64;
+    assert_eq!(c.invalid, 2, "{c:?}");
+    assert_eq!(in_report("invalid"), c.invalid);
+    assert!(
+        got.progress
+            .iter()
+            .any(|p| p.contains("validated 8 rows: 2 invalid")),
+        "the validation line counts what the end counts: {:?}",
+        got.progress
+    );
+    // "A new user needs Surname" is known only after GetUser: failed, not invalid.
+    assert_eq!(c.failed, 1);
+    assert_eq!(in_report("failed"), 1);
+    assert_eq!((c.deactivated_by_state, c.deactivated), (1, 0), "{c:?}");
+    assert_eq!(in_report("deactivated"), 1);
+    assert_eq!(in_report("updated"), c.updated);
+    assert_eq!(
+        c.rows,
+        c.created + c.updated + c.unchanged + c.deactivated_by_state + c.invalid + c.failed,
+        "every row counted once: {c:?}"
+    );
+    assert_eq!(
+        fake.user(&domain, "edsger.dijkstra").map(|u| u.state),
+        Some("Deactivated".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_usernames_are_counted_invalid_by_validation() {
+    let fake = platform_fake::spawn(Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, client) = tenant(&fake, &settings());
+    let csv = format!(
+        "{HEADER}ada,,Ada,L,a@x.org,Sales\nADA,,Ada,L,a@x.org,Sales\nbob,ada,Bob,B,b@x.org,Sales\nAda.B,ada.b,Ada,B,ab@x.org,Sales\ncy,,Cy,C,c@x.org,Sales\n"
+    );
+    let got = import(&client, &csv, ImportOptions::default(), 2).await;
+    let c = &got.summary.counts;
+    // ada ×2 and bob→ada: 3 rows; a case-only rename (Ada.B → ada.b) is no duplicate.
+    assert_eq!((c.invalid, c.created), (3, 2), "{c:?}");
+    assert!(
+        got.progress
+            .iter()
+            .any(|p| p.contains("validated 5 rows: 3 invalid (3 of them for a username")),
+        "{:?}",
+        got.progress
+    );
+}

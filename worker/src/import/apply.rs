@@ -30,7 +30,8 @@ pub enum RowStatus {
     Invalid,
     Failed,
     Unconfirmed,
-    /// A user absent from the file, deactivated by `full_sync`.
+    /// Deactivated: by the row's `Account state` (a row of the file, `line > 0`), or as a user
+    /// absent from the file by `full_sync` (`line == 0`).
     Deactivated,
 }
 
@@ -114,7 +115,6 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
         Ok((status, message)) => (status, message),
         Err(Failure::Credentials(code)) => return Err(Stop::Credentials(code)),
         Err(Failure::Cancelled) => return Err(Stop::Cancelled),
-        Err(Failure::Invalid(m)) => (RowStatus::Invalid, m),
         Err(Failure::Failed(m)) => (RowStatus::Failed, m),
         Err(Failure::Unconfirmed(m)) => (RowStatus::Unconfirmed, m),
     };
@@ -132,7 +132,6 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
 enum Failure {
     Credentials(u16),
     Cancelled,
-    Invalid(String),
     Failed(String),
     Unconfirmed(String),
 }
@@ -222,9 +221,13 @@ async fn run(
                     .await?;
                 follow(c, &tid, &uid).await?;
             }
-            if status == RowStatus::Unchanged {
-                status = RowStatus::Updated;
-            }
+            status = match change {
+                // Counted apart from updates: a deactivation by the row's Account state.
+                // A new user created deactivated stays counted as created.
+                StateChange::Deactivate if current.is_some() => RowStatus::Deactivated,
+                _ if status == RowStatus::Unchanged => RowStatus::Updated,
+                _ => status,
+            };
         }
     }
     Ok((status, notes.join("; ")))
@@ -262,8 +265,10 @@ async fn create(
         .map(|(_, label)| label.as_str())
         .collect();
     if !missing.is_empty() {
-        return Err(Failure::Invalid(format!(
-            "a new user needs {}",
+        // Known only now that GetUser said the user is new: not a validation error of the
+        // file (those are all counted before any call), so counted as failed.
+        return Err(Failure::Failed(format!(
+            "a new user needs {}: the user was not created",
             missing.join(", ")
         )));
     }
