@@ -35,6 +35,8 @@ struct Case {
     #[serde(default)]
     invalid: u64,
     #[serde(default)]
+    failed: u64,
+    #[serde(default)]
     row: Vec<(u64, String, String)>,
     #[serde(default)]
     profile: Vec<(String, String, String)>,
@@ -198,10 +200,29 @@ fn check(
         return Err("unreachable".into());
     };
     let c = &summary.counts;
-    if (c.rows, c.created, c.invalid, c.failed) != (case.rows, case.created, case.invalid, 0) {
+    if (c.rows, c.created, c.invalid, c.failed)
+        != (case.rows, case.created, case.invalid, case.failed)
+    {
         return Err(format!(
-            "counts rows/created/invalid/failed = {}/{}/{}/{}, expected {}/{}/{}/0",
-            c.rows, c.created, c.invalid, c.failed, case.rows, case.created, case.invalid
+            "counts rows/created/invalid/failed = {}/{}/{}/{}, expected {}/{}/{}/{}",
+            c.rows,
+            c.created,
+            c.invalid,
+            c.failed,
+            case.rows,
+            case.created,
+            case.invalid,
+            case.failed
+        ));
+    }
+    // One notion of invalid: the validation line says the number the end counts.
+    if !progress
+        .iter()
+        .any(|p| p.contains(&format!("validated {} rows: {} invalid", c.rows, c.invalid)))
+    {
+        return Err(format!(
+            "the validation line does not say {} invalid: {progress:?}",
+            c.invalid
         ));
     }
     if report.len() as u64 != case.rows + 1 {

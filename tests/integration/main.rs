@@ -28,6 +28,7 @@ mod broker_restart;
 mod corpus;
 mod fake_api;
 mod fleet;
+mod import_engine;
 mod job_run;
 mod observability;
 mod pipeline;

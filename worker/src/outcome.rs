@@ -20,11 +20,13 @@ pub struct Counts {
     pub unconfirmed: u64,
     /// Users absent from the file deactivated by full sync (not rows of the file).
     pub deactivated: u64,
+    /// Rows whose `Account state` deactivated an existing user (not counted in `updated`).
+    pub deactivated_by_state: u64,
 }
 
 impl Counts {
     pub fn ok(&self) -> u64 {
-        self.created + self.updated + self.unchanged
+        self.created + self.updated + self.unchanged + self.deactivated_by_state
     }
 }
 
