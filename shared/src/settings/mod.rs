@@ -4,6 +4,7 @@
 //! ignored. Durations are written the human way (`"30s"`, `"5m"`).
 
 mod env;
+pub mod preflight;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
