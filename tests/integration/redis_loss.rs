@@ -2,8 +2,8 @@
 //! port (no persistence unless the test saves a snapshot itself): an empty restart, a restart from
 //! an older snapshot and `FLUSHALL` are each detected for the whole fleet, no lock is granted until
 //! the holder from before has stopped (at most one TTL), and no fencing number is handed out twice.
-//! Also the scheduler's side: a tick it already published is not published again after its Redis
-//! records are gone.
+//! Also the scheduler's side: a tick a running scheduler already published is not published again
+//! after its Redis records are gone.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -282,4 +282,124 @@ async fn a_restart_from_an_older_snapshot_makes_the_fleet_wait_and_no_fence_repe
             .as_deref(),
         Some("restarted")
     );
+}
+
+/// A scheduler of the test's own (exchange, key prefix) on the private Redis, for one tenant
+/// ticking every minute.
+fn scheduler(
+    redis: &PrivateRedis,
+    exchange: &str,
+    prefix: &str,
+    registry: &std::path::Path,
+) -> scheduler::Scheduler {
+    let mut settings = shared::settings::Settings::default();
+    settings.amqp.exchange = exchange.to_owned();
+    settings.redis.key_prefix = prefix.to_owned();
+    let registry = shared::registry::Registry::load(registry).unwrap_or_else(|e| panic!("{e}"));
+    scheduler::Scheduler::new(
+        scheduler::Options::from_settings(&settings).unwrap_or_else(|e| panic!("{e}")),
+        &shared::secret::Secret::new(crate::harness::amqp_url()),
+        &shared::secret::Secret::new(redis.url()),
+        registry,
+        std::sync::Arc::new(shared::health::Health::default()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn after_redis_lost_its_records_a_running_scheduler_does_not_publish_the_same_tick_again() {
+    let redis = PrivateRedis::start().await;
+    let exchange = crate::harness::unique("loss-x");
+    let prefix = crate::harness::unique("loss");
+    let tenant = crate::harness::unique("acme");
+    let registry = redis.dir.path().join("tenants.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            r#"
+[[tenant]]
+name = "{tenant}"
+region = "eu"
+portal_domain = "{tenant}.learning-admin.com"
+api_base_url = "https://api.learning-admin.com/eu"
+ftps_host = "ftp-eu.learning-admin.com"
+admin = {{ username = "admin", email = "admin@{tenant}.example" }}
+schedule = "* * * * *"
+"#
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = scheduler(&redis, &exchange, &prefix, &registry);
+    let tick = chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    let first = s
+        .poll_at(tick + chrono::TimeDelta::seconds(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.published.len(), 1, "{first:?}");
+    let last = format!("{prefix}:sched:{tenant}:last");
+    assert!(matches!(
+        redis.cmd(&["EXISTS", &last]).await,
+        redis::Value::Int(1)
+    ));
+
+    redis.cmd(&["FLUSHALL"]).await;
+    let again = s
+        .poll_at(tick + chrono::TimeDelta::seconds(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.published.is_empty(), "published again: {again:?}");
+    assert_eq!(
+        redis.cmd(&["GET", &last]).await,
+        redis::Value::BulkString(tick.timestamp().to_string().into_bytes()),
+        "the forgotten tick was written back for the other replicas"
+    );
+    let next = s
+        .poll_at(tick + chrono::TimeDelta::seconds(65))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        next.published.len(),
+        1,
+        "the next tick is published: {next:?}"
+    );
+
+    // The limit: a replica started after the loss, with nothing in Redis, cannot know (the
+    // worker's record of the run in the tenant's account catches that one).
+    redis.cmd(&["FLUSHALL"]).await;
+    let fresh = scheduler(&redis, &exchange, &prefix, &registry);
+    let blind = fresh
+        .poll_at(tick + chrono::TimeDelta::seconds(70))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(blind.published.len(), 1, "{blind:?}");
+
+    s.close().await;
+    fresh.close().await;
+    let topo = shared::amqp::Topology::new(
+        &exchange,
+        "eu",
+        5,
+        &shared::settings::Settings::default().amqp.retry_delays,
+    );
+    if let Ok(conn) = lapin::Connection::connect(
+        &crate::harness::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let mut queues = vec![topo.queue.clone(), topo.dead_queue.clone()];
+        queues.extend(topo.retry_delays.iter().map(|d| topo.retry_queue(*d)));
+        for q in queues {
+            let _ = ch
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
 }
