@@ -61,6 +61,16 @@ fn command(
     let secrets = SecretSource::new(settings.registry.secrets_dir.clone(), env);
     match command {
         Command::CheckConfig => {
+            // What start-up or a job would fail on later: named files, the secrets, each key.
+            use shared::settings::preflight;
+            let mut problems = preflight::files(&settings);
+            problems.extend(preflight::tenant_keys(&registry, &secrets));
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::from(2);
+            }
             println!("settings and registry ok: {} tenants", registry.len());
             ExitCode::SUCCESS
         }
