@@ -215,13 +215,18 @@ async fn a_brand_new_tenant_on_a_healthy_redis_is_locked_at_once() {
     let prefix = harness::unique("loss");
     let l = healthy(&redis, &prefix).await;
     let second_worker = locks(&redis, &prefix);
-    for (locks, tenant) in [(&l, "new-a"), (&second_worker, "new-b")] {
-        match try_acquire(locks, tenant).await {
-            Acquire::Acquired(g) => {
-                let _ = g.release().await;
-            }
-            other => panic!("a brand-new tenant got {other:?}"),
+    // 40 brand-new tenants (the fresh deployment), spread over two workers: each is
+    // locked at the first attempt, none is told to wait.
+    let mut guards = Vec::new();
+    for i in 0..40 {
+        let worker = if i % 2 == 0 { &l } else { &second_worker };
+        match try_acquire(worker, &format!("new-{i}")).await {
+            Acquire::Acquired(g) => guards.push(g),
+            other => panic!("brand-new tenant {i} got {other:?}"),
         }
+    }
+    for g in guards {
+        let _ = g.release().await;
     }
 }
 
