@@ -158,6 +158,9 @@ pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<O
     if let Ok(Outcome::Imported { counts, .. }) = &result {
         deps.metrics.rows(counts);
     }
+    if result.is_ok() {
+        deps.metrics.tenant_succeeded(tenant, chrono::Utc::now());
+    }
     result
 }
 
