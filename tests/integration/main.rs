@@ -24,6 +24,7 @@
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
+//! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod broker_restart_support;
 mod corpus;
@@ -31,6 +32,7 @@ mod fake_api;
 mod fleet;
 mod fleet_env;
 mod harness;
+mod monitoring;
 mod observability;
 mod pipeline;
 mod scheduler;

@@ -83,6 +83,17 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Every `result` of `worker_rows_total`.
+const ROW_RESULTS: [&str; 7] = [
+    "created",
+    "updated",
+    "unchanged",
+    "invalid",
+    "failed",
+    "unconfirmed",
+    "deactivated",
+];
+
 /// From 10 ms (a marker check) to an hour (a very large import).
 const STAGE_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0, 3600.0,
@@ -184,6 +195,23 @@ impl Default for WorkerMetrics {
             "When this process last finished a job of the tenant without error (Unix time)",
             tenant_last_success.clone(),
         );
+        // The label values known in advance get their series at 0 from the start: a dashboard
+        // shows them before the first event, and `increase()` counts that first event (a series
+        // born at 1 has no earlier sample to increase from).
+        for stage in [Stage::Fetch, Stage::Hash, Stage::Import, Stage::Report] {
+            let _ = stages.get_or_create(&StageLabels {
+                stage: stage.as_str(),
+            });
+        }
+        for result in ROW_RESULTS {
+            let _ = rows.get_or_create(&ResultLabels { result });
+        }
+        for result in ["skipped-busy", "bounced", "gave-up"] {
+            let _ = lock_contention.get_or_create(&ResultLabels { result });
+        }
+        for kind in ["retry", "dead-letter"] {
+            let _ = publish_failures.get_or_create(&KindLabels { kind });
+        }
         Self {
             registry,
             jobs,
@@ -256,6 +284,7 @@ impl WorkerMetrics {
     }
 
     pub fn rows(&self, counts: &Counts) {
+        // In the order of ROW_RESULTS.
         for (result, n) in [
             ("created", counts.created),
             ("updated", counts.updated),
@@ -365,6 +394,19 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn known_label_values_are_exposed_at_zero_before_any_event() {
+        let text = WorkerMetrics::default().render();
+        for line in [
+            "worker_stage_duration_seconds_count{stage=\"report\"} 0\n",
+            "worker_rows_total{result=\"deactivated\"} 0\n",
+            "worker_lock_contention_total{result=\"gave-up\"} 0\n",
+            "worker_publish_failures_total{kind=\"dead-letter\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]
