@@ -34,6 +34,7 @@ mod fleet_env;
 mod harness;
 mod monitoring;
 mod observability;
+mod otlp_http;
 mod pipeline;
 mod scheduler;
 mod security;
