@@ -12,7 +12,8 @@
 # the base is `scratch`.
 #
 # The musl build's target dir is $IMAGE_CARGO_TARGET_DIR, default /var/cache/user-import/image-target
-# ($USER_IMPORT_CACHE_DIR/image-target): outside the clone, reused by every run on the machine.
+# ($USER_IMPORT_CACHE_DIR/image-target; USER_IMPORT_CACHE_DIR=none: the clone's target dir):
+# outside the clone, reused by every run on the machine.
 #
 # Output (under target/, git-ignored): target/image/oci (OCI layout, tag user-import:dev) and
 # target/image/user-import.oci.tar (oci-archive), e.g. for
@@ -67,7 +68,11 @@ cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=$TARGET_DIR/image
 CACHE_DIR=${USER_IMPORT_CACHE_DIR:-/var/cache/user-import}
-MUSL_TARGET_DIR=${IMAGE_CARGO_TARGET_DIR:-$CACHE_DIR/image-target}
+if [[ $CACHE_DIR == none ]]; then
+  MUSL_TARGET_DIR=${IMAGE_CARGO_TARGET_DIR:-$TARGET_DIR}
+else
+  MUSL_TARGET_DIR=${IMAGE_CARGO_TARGET_DIR:-$CACHE_DIR/image-target}
+fi
 STORAGE=(--root "$OUT/storage" --runroot "$OUT/run" --storage-driver vfs)
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
