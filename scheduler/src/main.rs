@@ -186,7 +186,8 @@ async fn serve(
         });
     }
     let metrics = scheduler.metrics().clone();
-    let metrics_fn: MetricsFn = Arc::new(move || metrics.render());
+    let probe = health.clone();
+    let metrics_fn: MetricsFn = Arc::new(move || metrics.render_ready(probe.ready()));
     let addr = health::serve(
         settings.http.listen,
         health.clone(),

@@ -25,6 +25,7 @@
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
+//! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod broker_restart;
 mod corpus;
@@ -33,7 +34,9 @@ mod fake_api;
 mod fleet;
 mod import_engine;
 mod job_run;
+mod monitoring;
 mod observability;
+mod otlp_http;
 mod pipeline;
 mod redis_loss;
 mod scheduler;

@@ -107,6 +107,7 @@ impl Observed {
         let mut vars = vec![("RUST_LOG", rust_log), ("USER_IMPORT__LOG_FORMAT", "json")];
         if export {
             vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint));
+            vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"));
         }
         let worker = env.spawn_worker_process_with(&vars, &worker_log);
         Self {
@@ -127,6 +128,7 @@ impl Observed {
                 &["once"],
                 &[
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", &self.collector.endpoint),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                     ("RUST_LOG", &self.rust_log),
                     ("USER_IMPORT__LOG_FORMAT", "json"),
                 ],

@@ -388,11 +388,9 @@ schedule = "* * * * *"
         5,
         &shared::settings::Settings::default().amqp.retry_delays,
     );
-    if let Ok(conn) = lapin::Connection::connect(
-        &harness::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
+    if let Ok(conn) =
+        lapin::Connection::connect(&harness::amqp_url(), lapin::ConnectionProperties::default())
+            .await
         && let Ok(ch) = conn.create_channel().await
     {
         let mut queues = vec![topo.queue.clone(), topo.dead_queue.clone()];

@@ -118,7 +118,9 @@ async fn run(settings: Settings, registry: Registry, secrets: SecretSource) -> E
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http_stop = tokio_util::sync::CancellationToken::new();
     let metrics = deps.metrics.clone();
-    let metrics_fn: shared::health::MetricsFn = std::sync::Arc::new(move || metrics.render());
+    let probe = health.clone();
+    let metrics_fn: shared::health::MetricsFn =
+        std::sync::Arc::new(move || metrics.render_ready(probe.ready()));
     match shared::health::serve(listen, health, Some(metrics_fn), http_stop.clone()).await {
         Ok(addr) => tracing::info!(%addr, "health, readiness and metrics served"),
         Err(e) => {
