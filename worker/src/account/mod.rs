@@ -26,6 +26,15 @@ pub enum AccountError {
     TooLarge { limit: u64 },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The account refused a write (STOR, APPE, MKD, rename: permissions, quota, a bad name). The
+    /// server is up and will refuse it again: the caller may make it permanent.
+    #[error("refused by the account: {0}")]
+    Refused(String),
+    /// The server's host key is not the pinned one (SFTP): permanent until the registry says
+    /// otherwise.
+    #[error("server host key refused: {0}")]
+    HostKey(String),
+    /// Network trouble, a closed connection, a server error worth retrying.
     #[error("{0}")]
     Transport(String),
     #[error("local file: {0}")]
@@ -76,6 +85,31 @@ pub trait Account: Send + std::fmt::Debug {
     async fn keepalive(&mut self) -> Result<(), AccountError>;
     /// Ends the session politely (errors ignored: it is going anyway).
     async fn quit(self: Box<Self>);
+}
+
+/// The temporary name an upload is written to before it is renamed into place: in the same
+/// folder (a rename never crosses folders), hidden (a leading dot), and unique
+/// (`/reports/r.csv` → `/reports/.r.csv.part-3f9a2c1b`).
+pub fn temp_name(path: &str) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", path),
+    };
+    let tag: u32 = rand::random();
+    if dir.is_empty() && !path.starts_with('/') {
+        format!(".{name}.part-{tag:08x}")
+    } else {
+        format!("{dir}/.{name}.part-{tag:08x}")
+    }
+}
+
+/// Whether `name` is one of [`temp_name`]'s (an upload in progress or one that was cut off).
+pub fn is_temp_name(name: &str) -> bool {
+    let name = name.rsplit('/').next().unwrap_or(name);
+    name.starts_with('.')
+        && name
+            .rsplit_once(".part-")
+            .is_some_and(|(_, tag)| tag.len() == 8 && tag.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Whether a file of that exact name is in `dir`.
