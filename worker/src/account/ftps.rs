@@ -102,6 +102,7 @@ impl FtpsConnector {
                 key: key.clone(),
             },
             relogins: 0,
+            append_refused: false,
         })
     }
 
@@ -189,7 +190,12 @@ pub struct FtpsSession {
     io: Duration,
     again: Login,
     relogins: u32,
+    /// The server refused APPE to an existing file once: append by rewriting from then on.
+    append_refused: bool,
 }
+
+/// The largest file an append rewrites when the server refuses APPE (the run log is far smaller).
+const REWRITE_MAX_BYTES: u64 = 64 << 20;
 
 impl FtpsSession {
     /// How many times this session logged in again for fresh TLS 1.3 tickets.
@@ -316,12 +322,32 @@ impl Account for FtpsSession {
         Ok(Some(total))
     }
 
+    /// APPE; on a server that does not permit appending to an existing file (ProFTPD without
+    /// `AllowStoreRestart`), the file is rewritten whole: read, then uploaded with the new bytes
+    /// (to a temporary name, renamed into place), so it never holds a line twice or half.
     async fn append(&mut self, path: &str, bytes: &[u8]) -> Result<(), AccountError> {
-        self.ready_for_data().await?;
-        let mut reader = bytes;
-        bounded(self.io, self.stream.append_file(path, &mut reader))
+        if !self.append_refused {
+            self.ready_for_data().await?;
+            let mut reader = bytes;
+            match bounded(self.io, self.stream.append_file(path, &mut reader)).await? {
+                Ok(_) => return Ok(()),
+                Err(e) if is_append_not_permitted(&e) => {
+                    tracing::debug!("ftps: APPE not permitted; appending by rewriting the file");
+                    self.append_refused = true;
+                }
+                Err(e) => return Err(write_error(e)),
+            }
+        }
+        let mut whole = Vec::new();
+        if self
+            .download(path, &mut whole, REWRITE_MAX_BYTES, &mut |_| {})
             .await?
-            .map_err(write_error)?;
+            .is_none()
+        {
+            whole.clear();
+        }
+        whole.extend_from_slice(bytes);
+        self.upload(path, &mut whole.as_slice()).await?;
         Ok(())
     }
 
@@ -432,6 +458,14 @@ fn is_not_found(e: &FtpError) -> bool {
         }
         _ => false,
     }
+}
+
+/// `451 …: Append/Restart not permitted`: ProFTPD's answer to APPE on an existing file unless
+/// `AllowStoreRestart` is on (off by default).
+fn is_append_not_permitted(e: &FtpError) -> bool {
+    matches!(e, FtpError::UnexpectedResponse(r)
+        if r.status == Status::ActionAborted
+            && r.as_string().unwrap_or_default().to_ascii_lowercase().contains("not permitted"))
 }
 
 /// A permanent refusal of a write: 550 (permission, not found), 552 (quota), 553 (name), 532.
