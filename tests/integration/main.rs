@@ -21,6 +21,10 @@
 //! - `security`: PASV address ignored, TLS session reuse, tenant isolation, disabled tenants,
 //!   no header injection from the file.
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
+//! - `transports`: the tenant's account through `worker::account::Connector` on vsftpd, ProFTPD
+//!   (TLS session reuse required) and OpenSSH SFTP (pinned host key): every operation, no data
+//!   connection refused, folders created, no partial upload, refused logins and host keys, lost
+//!   sessions logged in again.
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
@@ -39,3 +43,4 @@ mod services;
 mod tenant_env;
 mod tenant_files;
 mod tenant_options;
+mod transports;

@@ -12,7 +12,8 @@
 //! - A missing server binary fails the test with a clear message; nothing is skipped.
 //!
 //! Files: `process` (children, ports, readiness), `certs` (test CA and TLS client config),
-//! `ftps` (vsftpd and accounts), `smtp` (the mail sink and received mail), `rabbitmq` (private
+//! `ftps` (vsftpd and accounts), `proftpd` (ProFTPD from the unpacked packages, virtual
+//! accounts), `sftp` (OpenSSH's sshd, chrooted SFTP accounts), `smtp` (the mail sink and received mail), `rabbitmq` (private
 //! broker nodes).
 //!
 //! Leftovers of a test process that was killed (its temporary directory, its FTP users) are
@@ -23,7 +24,9 @@
 mod certs;
 mod ftps;
 mod process;
+mod proftpd;
 mod rabbitmq;
+mod sftp;
 mod smtp;
 
 use std::collections::HashSet;
@@ -36,7 +39,11 @@ pub use certs::{TestCerts, client_config};
 #[allow(unused_imports)]
 pub use ftps::{FtpAccount, FtpsServer, PASV_ADDRESS, ftps};
 #[allow(unused_imports)]
+pub use proftpd::{ProftpdAccount, ProftpdServer, proftpd};
+#[allow(unused_imports)]
 pub use rabbitmq::{PrivateBroker, private_broker};
+#[allow(unused_imports)]
+pub use sftp::{SftpAccount, SftpServer, sftp};
 #[allow(unused_imports)]
 pub use smtp::{ReceivedMail, SmtpSink, smtp};
 
