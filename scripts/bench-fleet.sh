@@ -8,7 +8,7 @@
 # 2. publish -> pipeline start latency, p50/p90/p99, on an idle fleet (one worker, 200 jobs);
 # 3. throughput of 200 tenants x 20 new rows against the platform fake with 20 ms per API call,
 #    with 1, 2 and 4 workers.
-# Every figure comes from tests/examples/bench-fleet.rs (its header says exactly what is timed),
+# Every figure comes from bench/src/bin/bench-fleet.rs (its header says exactly what is timed),
 # built in release mode, against the machine's RabbitMQ and Redis (started by scripts/stack.sh
 # when missing), a vsftpd and an SMTP sink of its own on free ports, and the fake in-process.
 # Loopback only; bounded by `timeout`; about 3 to 5 minutes on 2 cores once built. A successful
@@ -20,12 +20,12 @@ OUT="$ROOT/docs/bench-fleet-latest.txt"
 
 scripts/stack.sh up --no-fake >/dev/null
 echo "== building (release)"
-cargo build --release --locked -p tests --example bench-fleet -p worker -p scheduler
+cargo build --release --locked -p bench --bin bench-fleet -p worker -p scheduler
 LOG=$(mktemp "${TMPDIR:-/tmp}/bench-fleet.XXXXXX")
 {
   echo "command: scripts/bench-fleet.sh $*"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
-  timeout 1200 target/release/examples/bench-fleet "$@"
+  timeout 1200 target/release/bench-fleet "$@"
 } 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 if [[ $status -eq 0 ]]; then

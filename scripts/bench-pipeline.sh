@@ -119,7 +119,7 @@ done
 [[ -x /usr/bin/time ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 
 # ---------------------------------------------------------------------------------------------
-say "1. FTPS fetch+hash, 1 GiB, loopback (ours: worker::ftps + fetch's temp file and SHA1; curl: curl | sha1sum)"
+say "1. FTPS fetch+hash, 1 GiB, loopback (ours: the pipeline's fetch on worker::account::ftps, temp file and SHA1; curl: curl | sha1sum)"
 BIG_FILE="$UI_DEMO_HOME/uploads/$BIG_NAME"
 head -c 1G /dev/urandom >"$BIG_FILE"
 chown "$UI_DEMO_USER:$UI_DEMO_USER" "$BIG_FILE"

@@ -1,20 +1,20 @@
-//! FTPS fetch+hash: one download of a file over the worker's own FTPS client
-//! ([`worker::ftps::FtpsConnector`] / [`worker::ftps::FtpsSession::download`]), written to a
-//! temporary file through the same 256 KiB `BufWriter` and hashed with the same SHA1 as
-//! `worker::pipeline::fetch::fetch` (which only reads `/uploads/user-import.csv` and is capped by
-//! `import.max_file_bytes`, hence the copy of its few lines here). The clock covers what a
-//! `curl` run covers: connect, TLS, login, SIZE, RETR, the transfer and QUIT.
+//! FTPS fetch+hash: one download of a file with the worker's own code. The file sink is the
+//! pipeline's fetch itself ([`worker::account::fetch_file`]: SIZE, RETR streamed to a
+//! temporary file through its buffered writer, SHA1 on the way), on an account opened by the
+//! worker's FTPS client ([`worker::account::ftps::FtpsConnector`]). The clock covers what a `curl` run covers: connect, TLS,
+//! login, SIZE, RETR, the transfer and QUIT.
 //!
-//! Two other sinks split the cost for a diagnosis: no file (bytes dropped) and no hash.
+//! The discard sink splits the cost for a diagnosis: the same account's
+//! [`worker::account::Account::download`] with the bytes dropped, hashed or not.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 use shared::ApiKey;
-use tokio::io::{AsyncWrite, BufWriter};
 use worker::account::Account;
-use worker::ftps::FtpsConnector;
+use worker::account::fetch_file;
+use worker::account::ftps::FtpsConnector;
 
 /// Where the file is and who reads it.
 #[derive(Debug, Clone)]
@@ -53,7 +53,8 @@ impl Run {
     }
 }
 
-/// Downloads `target.path` once. `max_bytes` replaces the tenant's file-size limit.
+/// Downloads `target.path` once. `max_bytes` replaces the tenant's file-size limit. `hash`
+/// applies to the discard sink only: the pipeline's fetch always hashes.
 pub async fn download_once(
     connector: &FtpsConnector,
     target: &Target,
@@ -67,60 +68,56 @@ pub async fn download_once(
             .connect(&target.host, target.port, &target.user, &target.key)
             .await?,
     );
-    // As `fetch` does: SIZE first.
-    let size = session
-        .size(&target.path)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no file {} on the server", target.path))?;
-    let mut hasher = hash.then(Sha1::new);
-    let mut inspect = |chunk: &[u8]| {
-        if let Some(h) = hasher.as_mut() {
-            h.update(chunk);
-        }
-    };
-    let transfer_started = Instant::now();
-    let (bytes, _file) = match sink {
+    let missing = || anyhow::anyhow!("no file {} on the server", target.path);
+    // The temporary file is kept until the clock stops, as curl's output file is.
+    let (bytes, transfer, sha1, _file) = match sink {
         Sink::TempFile(dir) => {
-            let file = tempfile::Builder::new()
-                .prefix("user-import-")
-                .suffix(".csv")
-                .tempfile_in(dir)?;
-            let mut out =
-                BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
-            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
-            (n, Some(file))
+            // SIZE is inside the pipeline's fetch, so inside this transfer time too.
+            let transfer_started = Instant::now();
+            let fetched = fetch_file(session.as_mut(), &target.path, max_bytes, dir)
+                .await?
+                .ok_or_else(missing)?;
+            let transfer = transfer_started.elapsed();
+            let sha1 = fetched.sha1.as_str().to_owned();
+            (fetched.size, transfer, Some(sha1), Some(fetched.file))
         }
         Sink::Discard => {
-            let mut out = tokio::io::sink();
-            let n = download(session.as_mut(), target, &mut out, max_bytes, &mut inspect).await?;
-            (n, None)
+            let size = session.size(&target.path).await?.ok_or_else(missing)?;
+            let mut hasher = hash.then(Sha1::new);
+            let transfer_started = Instant::now();
+            let bytes = session
+                .download(
+                    &target.path,
+                    &mut tokio::io::sink(),
+                    max_bytes,
+                    &mut |chunk| {
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(chunk);
+                        }
+                    },
+                )
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))?;
+            let transfer = transfer_started.elapsed();
+            if bytes != size {
+                anyhow::bail!("SIZE said {size} bytes, the transfer brought {bytes}");
+            }
+            (
+                bytes,
+                transfer,
+                hasher.map(|h| hex::encode(h.finalize())),
+                None,
+            )
         }
     };
-    let transfer = transfer_started.elapsed();
     session.quit().await;
     let total = started.elapsed();
-    if bytes != size {
-        anyhow::bail!("SIZE said {size} bytes, the transfer brought {bytes}");
-    }
     Ok(Run {
         bytes,
         total,
         transfer,
-        sha1: hasher.map(|h| hex::encode(h.finalize())),
+        sha1,
     })
-}
-
-async fn download<W: AsyncWrite + Unpin + Send>(
-    session: &mut dyn Account,
-    target: &Target,
-    out: &mut W,
-    max_bytes: u64,
-    inspect: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
-) -> anyhow::Result<u64> {
-    session
-        .download(&target.path, out, max_bytes, inspect)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("{} vanished between SIZE and RETR", target.path))
 }
 
 /// SHA1 of `total` bytes of memory in `chunk`-sized updates: the hash's own speed, MiB/s.

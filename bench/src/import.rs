@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use harness::fixtures::TenantEntry;
 use shared::ApiKey;
 use shared::registry::{ImportOptions, MassChangeGuard, Registry, Tenant};
 use shared::settings::{ImportSettings, PlatformSettings, RedisSettings};
@@ -31,19 +32,15 @@ pub fn tenant(platform: &Platform) -> anyhow::Result<Tenant> {
         .split('.')
         .next()
         .ok_or_else(|| anyhow::anyhow!("no tenant name in {}", platform.domain))?;
-    let text = format!(
-        r#"
-[[tenant]]
-name = "{name}"
-region = "eu"
-portal_domain = "{domain}"
-api_base_url = "{base}"
-ftps_host = "127.0.0.1"
-admin = {{ username = "bench.admin", email = "admin@bench.example.com" }}
-"#,
-        domain = platform.domain,
-        base = platform.base_url,
-    );
+    let text = TenantEntry {
+        portal_domain: platform.domain.clone(),
+        api_base_url: platform.base_url.clone(),
+        ftps_host: "127.0.0.1".to_owned(),
+        admin_username: "bench.admin".to_owned(),
+        admin_email: "admin@bench.example.com".to_owned(),
+        ..TenantEntry::new(name)
+    }
+    .toml();
     let registry = Registry::parse(Path::new("<bench registry>"), &text)?;
     registry
         .get(name)

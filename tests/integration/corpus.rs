@@ -13,8 +13,7 @@ use shared::settings::Settings;
 use worker::import::{ImportError, ImportParams};
 use worker::platform::PlatformClient;
 
-use crate::harness;
-use crate::tenant_env::csv_rows;
+use harness::fixtures::{TenantEntry, csv_rows};
 
 #[derive(Debug, Deserialize)]
 struct Expected {
@@ -35,6 +34,8 @@ struct Case {
     created: u64,
     #[serde(default)]
     invalid: u64,
+    #[serde(default)]
+    failed: u64,
     #[serde(default)]
     row: Vec<(u64, String, String)>,
     #[serde(default)]
@@ -68,17 +69,14 @@ async fn import_one(
     fake.add_tenant(&domain, "corpus-key");
     let registry = Registry::parse(
         Path::new("corpus.toml"),
-        &format!(
-            r#"[[tenant]]
-name = "{name}"
-region = "eu"
-portal_domain = "{domain}"
-api_base_url = "{}"
-ftps_host = "127.0.0.1"
-admin = {{ username = "admin", email = "admin@example.com" }}
-"#,
-            fake.base_url()
-        ),
+        &TenantEntry {
+            portal_domain: domain.clone(),
+            api_base_url: fake.base_url(),
+            ftps_host: "127.0.0.1".to_owned(),
+            admin_email: "admin@example.com".to_owned(),
+            ..TenantEntry::new(&name)
+        }
+        .toml(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tenant = registry.get(&name).unwrap_or_else(|| panic!("tenant"));
@@ -202,10 +200,29 @@ fn check(
         return Err("unreachable".into());
     };
     let c = &summary.counts;
-    if (c.rows, c.created, c.invalid, c.failed) != (case.rows, case.created, case.invalid, 0) {
+    if (c.rows, c.created, c.invalid, c.failed)
+        != (case.rows, case.created, case.invalid, case.failed)
+    {
         return Err(format!(
-            "counts rows/created/invalid/failed = {}/{}/{}/{}, expected {}/{}/{}/0",
-            c.rows, c.created, c.invalid, c.failed, case.rows, case.created, case.invalid
+            "counts rows/created/invalid/failed = {}/{}/{}/{}, expected {}/{}/{}/{}",
+            c.rows,
+            c.created,
+            c.invalid,
+            c.failed,
+            case.rows,
+            case.created,
+            case.invalid,
+            case.failed
+        ));
+    }
+    // One notion of invalid: the validation line says the number the end counts.
+    if !progress
+        .iter()
+        .any(|p| p.contains(&format!("validated {} rows: {} invalid", c.rows, c.invalid)))
+    {
+        return Err(format!(
+            "the validation line does not say {} invalid: {progress:?}",
+            c.invalid
         ));
     }
     if report.len() as u64 != case.rows + 1 {

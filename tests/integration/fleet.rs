@@ -10,18 +10,8 @@ use platform_fake::Faults;
 use shared::amqp::{HEADER_REASON, header_str};
 use tokio::sync::mpsc;
 
-use crate::fleet_env::{FleetEnv, FleetOptions, collect_until};
-use crate::tenant_env::HEADER;
-
-fn users_csv(tag: &str, n: usize) -> String {
-    let mut csv = format!("{HEADER}\n");
-    for i in 0..n {
-        csv.push_str(&format!(
-            "{tag}{i:03},First{i},Last{i},{tag}{i}@example.org,Sales,,\n"
-        ));
-    }
-    csv
-}
+use harness::fixtures::{tenant_log, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions, collect_until};
 
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
 async fn eventually(timeout: Duration, what: &str, check: impl Fn() -> bool) {
@@ -245,7 +235,7 @@ async fn sigterm_during_a_job_drains_releases_the_lock_and_exits_zero() {
         .unwrap_or_else(|_| panic!("the worker did not exit after SIGTERM"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.code(), Some(0), "exit 0 after draining");
-    let mut redis = redis::Client::open(crate::harness::redis_url())
+    let mut redis = redis::Client::open(harness::redis_url())
         .unwrap_or_else(|e| panic!("{e}"))
         .get_multiplexed_async_connection()
         .await
@@ -360,7 +350,7 @@ async fn one_tick_from_three_scheduler_replicas_makes_exactly_one_job_and_one_ru
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_broker_restart_mid_run_the_scheduler_and_workers_recover_and_the_jobs_finish() {
-    let broker = crate::harness::private_broker().await;
+    let broker = harness::private_broker().await;
     let env = FleetEnv::new(FleetOptions {
         tenants: 3,
         amqp_url: Some(broker.amqp_url()),
@@ -471,7 +461,8 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
         latency_ms: 1500,
         ..Faults::default()
     });
-    let mut proc = env.spawn_worker_process();
+    let worker_log = env.dir.path().join("frozen-worker.log");
+    let mut proc = env.spawn_worker_process_with(&[("RUST_LOG", "info,worker=debug")], &worker_log);
     let job = env.publish_job(env.tenant(0), Utc::now()).await;
     eventually(Duration::from_secs(60), "a write in flight", || {
         env.fake.calls(&domain).get("SetUser") >= 1
@@ -490,21 +481,28 @@ async fn a_worker_frozen_past_its_lock_ttl_sends_no_request_after_it_resumes() {
     let calls_at_resume = env.fake.calls(&domain).total();
     signal("-CONT");
     let log_of_job = || {
-        let log = env.accounts[0]
-            .read("log/user-import.log")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let log = tenant_log(&env.accounts[0]);
         log.lines()
             .filter(|l| l.contains(&job.job_id.to_string()))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    // The stale run stops (the worker's own log says so) and, having lost its lock, writes
+    // nothing more to the tenant's account, not even its last log line.
     eventually(Duration::from_secs(30), "the stale run to stop", || {
-        log_of_job()
-            .iter()
-            .any(|l| l.contains("end: failed, will be retried (cancelled)"))
+        std::fs::read_to_string(&worker_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("job failed") && l.contains("cancelled"))
     })
     .await;
+    assert!(
+        !log_of_job()
+            .iter()
+            .any(|l| l.contains("end: failed, will be retried (cancelled)")),
+        "the stale run wrote its end line after losing its lock: {:?}",
+        log_of_job()
+    );
     // The hand-back waits a retry delay (1 s) before the job runs again.
     assert_eq!(
         env.fake.calls(&domain).total(),
@@ -543,7 +541,7 @@ async fn after_redis_lost_its_locks_a_new_holder_starts_only_once_the_old_one_st
         latency_ms: 40,
         ..Faults::default()
     });
-    let mut redis = redis::Client::open(crate::harness::redis_url())
+    let mut redis = redis::Client::open(harness::redis_url())
         .unwrap_or_else(|e| panic!("{e}"))
         .get_multiplexed_async_connection()
         .await

@@ -1,23 +1,22 @@
 //! The integration test binary: every test runs against real servers (RabbitMQ, Redis, vsftpd with
 //! explicit FTPS, an SMTP sink, the platform fake over HTTP). A test whose server is missing fails.
 //!
+//! The harness (the servers, `TenantEnv`, `FleetEnv`, the fixtures) is this package's library,
+//! `harness` (`tests/src`), shared with the fault trials and the benchmarks.
+//!
 //! Modules:
-//! - `harness`: starts and hands out the real servers, one set per test process, each test with its
-//!   own names, accounts and ports.
 //! - `services`: proves each external service is real (AMQP confirm/ack, Redis SET NX PX, FTPS with
 //!   verified certificates, SMTP delivery read back).
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
-//! - `tenant_env`: one tenant wired to the real servers, with the worker's `Deps`.
+//! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
 //! - `tenant_files`: what tenant admins get around the import: upload completeness, the archive,
 //!   the run summary JSON, and alert emails (no new file, refused logins).
-//! - `fleet_env`: several tenants, the test's own queues and Redis prefix, workers in-process or
-//!   as processes.
 //! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
-//! - `broker_restart_support`: a private RabbitMQ node really restarts, and messages survive.
+//! - `broker_restart`: the harness's private RabbitMQ node really restarts, and messages survive.
 //! - `security`: PASV address ignored, TLS session reuse, tenant isolation, disabled tenants,
 //!   no header injection from the file.
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
@@ -29,18 +28,17 @@
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
 
-mod broker_restart_support;
+mod broker_restart;
 mod corpus;
 mod fake_api;
 mod fleet;
-mod fleet_env;
-mod harness;
+mod import_engine;
+mod job_run;
 mod observability;
 mod pipeline;
 mod scheduler;
 mod security;
 mod services;
-mod tenant_env;
 mod tenant_files;
 mod tenant_options;
 mod transports;

@@ -17,9 +17,9 @@ use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use serde_json::Value;
 use tokio::process::Child;
 
-use crate::fleet_env::{FleetEnv, FleetOptions};
-use crate::harness;
-use crate::tenant_env::{HEADER, scheduler_binary};
+use harness::binaries::scheduler_binary;
+use harness::fixtures::{self, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions};
 
 const ROWS: usize = 4;
 
@@ -101,7 +101,7 @@ struct Observed {
 impl Observed {
     async fn start(opts: FleetOptions, rust_log: &str, export: bool) -> Self {
         let env = FleetEnv::new(FleetOptions { tenants: 1, ..opts }).await;
-        env.accounts[0].put("uploads/user-import.csv", users_csv().as_bytes());
+        env.accounts[0].put("uploads/user-import.csv", users_csv("obs", ROWS).as_bytes());
         let collector = Collector::start().await;
         let worker_log = env.dir.path().join("worker.log");
         let mut vars = vec![("RUST_LOG", rust_log), ("USER_IMPORT__LOG_FORMAT", "json")];
@@ -182,16 +182,6 @@ impl Observed {
     fn queue(&self) -> String {
         self.env.topology().queue
     }
-}
-
-fn users_csv() -> String {
-    let mut csv = format!("{HEADER}\n");
-    for i in 0..ROWS {
-        csv.push_str(&format!(
-            "obs{i:03},First{i},Last{i},obs{i}@example.org,Sales,,\n"
-        ));
-    }
-    csv
 }
 
 fn sigterm(child: &Child) {
@@ -456,7 +446,10 @@ async fn a_job_is_one_trace_from_the_scheduler_tick_through_the_queue_to_every_p
             .collect();
         assert_eq!(keys, ["attempt", "call", "status"], "{e:#?}");
     }
-    assert_eq!(fetch_file_size(&spans), Some(users_csv().len().to_string()));
+    assert_eq!(
+        fetch_file_size(&spans),
+        Some(users_csv("obs", ROWS).len().to_string())
+    );
 
     // The JSON logs: every line inside the job carries its trace id (on the job's span, listed
     // in `spans`, or in `span` for a line logged with the job as its explicit parent).
@@ -622,12 +615,7 @@ async fn no_secret_reaches_logs_spans_metrics_reports_or_email_even_at_trace_lev
     )
     .into_owned();
     assert!(report_csv.lines().count() > ROWS, "{report_csv}");
-    let tenant_log = String::from_utf8_lossy(
-        &env.accounts[0]
-            .read("log/user-import.log")
-            .unwrap_or_default(),
-    )
-    .into_owned();
+    let tenant_log = fixtures::tenant_log(&env.accounts[0]);
     assert!(tenant_log.contains("end: imported"), "{tenant_log}");
     let mail = &mails[0];
     assert!(!mail.attachments.is_empty(), "the report is attached");

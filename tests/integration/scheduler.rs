@@ -29,7 +29,7 @@ use shared::registry::Registry;
 use shared::secret::Secret;
 use shared::settings::Settings;
 
-use crate::harness;
+use harness::fixtures::TenantEntry;
 
 /// Bounds every network step so a broken service fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(30);
@@ -74,19 +74,16 @@ impl Env {
         let mut text = String::new();
         for T(label, schedule, enabled) in tenants {
             let name = harness::unique(label);
-            text.push_str(&format!(
-                r#"
-[[tenant]]
-name = "{name}"
-region = "{REGION}"
-portal_domain = "{name}.learning-admin.com"
-api_base_url = "https://api.learning-admin.com/{REGION}"
-ftps_host = "ftp-{REGION}.learning-admin.com"
-admin = {{ username = "admin", email = "admin@{name}.example" }}
-schedule = "{schedule}"
-enabled = {enabled}
-"#
-            ));
+            text.push_str(
+                &TenantEntry {
+                    region: REGION.to_owned(),
+                    api_base_url: format!("https://api.learning-admin.com/{REGION}"),
+                    ftps_host: format!("ftp-{REGION}.learning-admin.com"),
+                    extra: format!("schedule = \"{schedule}\"\nenabled = {enabled}"),
+                    ..TenantEntry::new(&name)
+                }
+                .toml(),
+            );
             names.push(name);
         }
         std::fs::write(&registry, text)?;

@@ -13,9 +13,10 @@ use suppaftp::{FtpError, Mode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::fleet_env::{FleetEnv, FleetOptions, collect_until};
-use crate::harness::{self, FtpsServer};
-use crate::tenant_env::{HEADER, TenantEnv};
+use harness::FtpsServer;
+use harness::fixtures::HEADER;
+use harness::fleet_env::{FleetEnv, FleetOptions, collect_until};
+use harness::tenant_env::TenantEnv;
 
 /// A client that does what the server says: `nat_workaround` off, so it dials the PASV address.
 async fn naive_client(

@@ -22,7 +22,7 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::AsyncReadExt;
 
-use crate::harness::{self, FtpsServer};
+use harness::FtpsServer;
 
 /// Bounds every network step so a broken service fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(20);

@@ -16,8 +16,8 @@ use shared::settings::Settings;
 use worker::outcome::{Permanent, Retryable};
 use worker::{Deps, JobContext, JobError, Outcome};
 
-use crate::harness;
-use crate::tenant_env::{HEADER, Options, TenantEnv};
+use harness::fixtures::HEADER;
+use harness::tenant_env::{Options, TenantEnv};
 
 fn users(names: &[&str]) -> String {
     let mut csv = format!("{HEADER}\n");
@@ -505,7 +505,7 @@ async fn no_new_file_for_n_days_alerts_once_per_quiet_spell() {
     let env = TenantEnv::with(Options {
         tenant_settings: format!(
             "{}\nalerts = {{ no_file_days = 2 }}",
-            crate::tenant_env::FAST_SETTLE
+            harness::tenant_env::FAST_SETTLE
         ),
         ..Options::default()
     })

@@ -6,7 +6,8 @@ use platform_fake::{DEACTIVATED, FakeUser, call};
 use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
-use crate::tenant_env::{HEADER, Options, TenantEnv, csv_rows};
+use harness::fixtures::{HEADER, csv_rows};
+use harness::tenant_env::{Options, TenantEnv};
 
 fn with_import(lines: &str) -> Options {
     Options {
@@ -91,9 +92,10 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
             counts.created,
             counts.updated,
             counts.unchanged,
-            counts.invalid
+            counts.invalid,
+            counts.deactivated_by_state
         ),
-        (6, 1, 3, 1, 1),
+        (6, 1, 2, 1, 1, 1),
         "{counts:?}"
     );
     assert_eq!(writes(&env), 0, "{:?}", env.fake.calls(&env.domain));
@@ -104,7 +106,7 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
     assert_eq!(row_of(&rows, "ada"), ("create", "would-create"));
     assert_eq!(row_of(&rows, "alan"), ("none", "unchanged"));
     assert_eq!(row_of(&rows, "grace"), ("update", "would-update"));
-    assert_eq!(row_of(&rows, "kate"), ("deactivate", "would-update"));
+    assert_eq!(row_of(&rows, "kate"), ("deactivate", "would-deactivate"));
     assert_eq!(row_of(&rows, "lin"), ("activate", "would-update"));
     assert_eq!(row_of(&rows, "bad user"), ("none", "error"));
 
@@ -145,7 +147,11 @@ async fn a_verify_only_run_reports_what_each_row_would_do_and_writes_nothing() {
     assert!(env.log().contains("was already verified"), "{}", env.log());
     env.set_tenant_import("");
     let counts = env.run_imported().await;
-    assert_eq!((counts.created, counts.updated), (1, 3), "{counts:?}");
+    assert_eq!(
+        (counts.created, counts.updated, counts.deactivated_by_state),
+        (1, 2, 1),
+        "{counts:?}"
+    );
     assert!(env.fake.user(&env.domain, "ada").is_some());
     assert_eq!(
         env.fake.user(&env.domain, "kate").map(|u| u.state),
@@ -394,7 +400,7 @@ async fn a_mass_deactivation_is_held_until_the_admin_confirms_it() {
         format!("{sha1}\n").as_bytes(),
     );
     let counts = env.run_imported().await;
-    assert_eq!(counts.updated, 3, "{counts:?}");
+    assert_eq!(counts.deactivated_by_state, 3, "{counts:?}");
     for name in ["u1", "u2", "u3"] {
         assert_eq!(
             env.fake.user(&env.domain, name).map(|u| u.state),
@@ -475,7 +481,7 @@ async fn full_sync_deactivates_in_chunks_of_500_and_the_guard_counts_it() {
     for n in &names {
         env.fake.insert_user(&env.domain, FakeUser::new(n));
     }
-    let redis = redis::Client::open(crate::harness::redis_url()).unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis::Client::open(harness::redis_url()).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = redis
         .get_multiplexed_async_connection()
         .await

@@ -16,8 +16,6 @@ use worker::account::ftps::FtpsConnector;
 use worker::account::sftp::SftpConnector;
 use worker::account::{self, Account, AccountError, Connector, Resilient};
 
-use crate::harness;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Vsftpd,

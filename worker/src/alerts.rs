@@ -24,8 +24,6 @@ use shared::registry::Tenant;
 use shared::settings::RedisSettings;
 use tokio::sync::OnceCell;
 
-use crate::email::Mailer;
-
 /// Which login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginKind {
@@ -246,19 +244,6 @@ pub fn login_body(tenant: &Tenant, kind: LoginKind) -> String {
          rotated on one side only, or revoked. Runs go on failing until it is put right.\n\
          This alert is sent at most once a day for each kind of refusal.\n"
     )
-}
-
-/// Sends one alert email to the nominated admin.
-pub async fn send(
-    mailer: &Mailer,
-    tenant: &Tenant,
-    subject: &str,
-    body: String,
-) -> Result<(), String> {
-    mailer
-        .send(&tenant.admin.email, subject, body, None, 3)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

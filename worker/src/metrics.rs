@@ -17,7 +17,7 @@
 //! | `worker_publish_failures_total{kind}` | retry (`retry`) or dead-letter (`dead-letter`) publishes that failed (the delivery was handed back) |
 //! | `worker_consumer_reconnects_total` | broker sessions that ended and were reconnected |
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -28,26 +28,6 @@ use prometheus_client::registry::Registry;
 
 use crate::outcome::Counts;
 use crate::platform::ApiStats;
-
-/// A pipeline stage, as labelled in `worker_stage_duration_seconds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Fetch,
-    Hash,
-    Import,
-    Report,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Hash => "hash",
-            Stage::Import => "import",
-            Stage::Report => "report",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -192,20 +172,11 @@ impl WorkerMetrics {
             .inc();
     }
 
-    pub fn stage(&self, stage: Stage, took: Duration) {
+    /// A pipeline stage's time (the stage's name: `fetch`, `import`, …).
+    pub fn stage(&self, stage: &'static str, took: Duration) {
         self.stages
-            .get_or_create(&StageLabels {
-                stage: stage.as_str(),
-            })
+            .get_or_create(&StageLabels { stage })
             .observe(took.as_secs_f64());
-    }
-
-    /// Runs `fut`, timing it as `stage` (whatever it returns).
-    pub async fn time<F: std::future::Future>(&self, stage: Stage, fut: F) -> F::Output {
-        let started = Instant::now();
-        let out = fut.await;
-        self.stage(stage, started.elapsed());
-        out
     }
 
     pub fn rows(&self, counts: &Counts) {
@@ -262,7 +233,7 @@ mod tests {
     fn a_job_shows_in_every_family() {
         let m = WorkerMetrics::default();
         m.job("imported", "imported");
-        m.stage(Stage::Fetch, Duration::from_millis(30));
+        m.stage("fetch", Duration::from_millis(30));
         m.rows(&Counts {
             rows: 3,
             created: 2,

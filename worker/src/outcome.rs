@@ -20,11 +20,13 @@ pub struct Counts {
     pub unconfirmed: u64,
     /// Users absent from the file deactivated by full sync (not rows of the file).
     pub deactivated: u64,
+    /// Rows whose `Account state` deactivated an existing user (not counted in `updated`).
+    pub deactivated_by_state: u64,
 }
 
 impl Counts {
     pub fn ok(&self) -> u64 {
-        self.created + self.updated + self.unchanged
+        self.created + self.updated + self.unchanged + self.deactivated_by_state
     }
 }
 
@@ -154,6 +156,10 @@ pub enum Retryable {
     Store(String),
     #[error("the job was cancelled before it finished")]
     Cancelled,
+    /// A bug or a crash inside this worker (a panic, a task that died): not the tenant's doing,
+    /// and another attempt (maybe on another worker) may not meet it.
+    #[error("worker fault: {0}")]
+    WorkerFault(String),
 }
 
 impl Retryable {
@@ -164,6 +170,7 @@ impl Retryable {
             Retryable::Io(_) => "local-io",
             Retryable::Store(_) => "redis-unavailable",
             Retryable::Cancelled => "cancelled",
+            Retryable::WorkerFault(_) => "worker-fault",
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared::ApiKey;
 use shared::settings::FtpsSettings;
-use worker::ftps::FtpsConnector;
+use worker::account::ftps::FtpsConnector;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench-ftps")]
@@ -48,7 +48,8 @@ struct Download {
     runs: u32,
     #[arg(long, value_enum, default_value_t = SinkArg::File)]
     sink: SinkArg,
-    /// Skip the SHA1 (diagnosis only).
+    /// Skip the SHA1 (diagnosis only: with `--sink discard`; the file sink is the pipeline's
+    /// fetch, which always hashes).
     #[arg(long)]
     no_hash: bool,
     /// Where the temporary file goes (the worker's `work_dir`); the system temp dir by default.
@@ -61,7 +62,7 @@ struct Download {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SinkArg {
-    /// A temporary file, as the pipeline's fetch writes it.
+    /// A temporary file, written by the pipeline's fetch.
     File,
     /// Drop the bytes.
     Discard,
@@ -80,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn download(d: Download) -> anyhow::Result<()> {
+    if d.no_hash && matches!(d.sink, SinkArg::File) {
+        anyhow::bail!("--no-hash goes with --sink discard: the pipeline's fetch always hashes");
+    }
     let key = std::fs::read_to_string(&d.key_file)
         .with_context(|| format!("reading {}", d.key_file.display()))?;
     let settings = FtpsSettings {

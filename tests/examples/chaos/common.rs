@@ -6,15 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use worker::fleet::JobEvent;
 
-use crate::fleet_env::FleetEnv;
-use crate::harness::FtpAccount;
-use crate::tenant_env::HEADER;
+use harness::fleet_env::FleetEnv;
 
 static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
@@ -51,29 +46,6 @@ pub fn signal(pid: u32, name: &str) -> Result<()> {
         bail!("kill -{name} {pid} failed");
     }
     Ok(())
-}
-
-/// A file of `n` new users whose usernames start with `tag`.
-pub fn users_csv(tag: &str, n: usize) -> String {
-    let mut csv = format!("{HEADER}\n");
-    for i in 0..n {
-        csv.push_str(&format!(
-            "{tag}{i:03},First{i},Last{i},{tag}{i}@example.org,Sales,,\n"
-        ));
-    }
-    csv
-}
-
-pub fn usernames(tag: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{tag}{i:03}")).collect()
-}
-
-/// The tenant's log on its FTPS account, as written so far.
-pub fn tenant_log(account: &FtpAccount) -> String {
-    account
-        .read("log/user-import.log")
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 /// The log lines of one job (every run of it).
@@ -187,33 +159,6 @@ impl Events {
         }
         n
     }
-}
-
-/// Messages ready in `env`'s work queue and retry queues (unacknowledged ones are not counted).
-pub async fn queued(env: &FleetEnv) -> Result<u32> {
-    let conn = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let t = env.topology();
-    let mut queues = vec![t.queue.clone()];
-    queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
-    let mut n = 0;
-    for q in queues {
-        let declared = ch
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if let Ok(d) = declared {
-            n += d.message_count();
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(n)
 }
 
 /// The job ids of the messages now in `env`'s dead-letter queue, with their reasons (taken off

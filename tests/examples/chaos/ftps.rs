@@ -14,11 +14,13 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use rand::rngs::StdRng;
 
+use harness::fixtures::HEADER;
+use harness::fixtures::usernames;
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{self, Events, missing_users, usernames};
-use crate::fleet_env::{FleetEnv, FleetOptions};
+use crate::common::{self, Events, missing_users};
 use crate::table::Row;
-use crate::tenant_env::HEADER;
 
 /// A file of `n` new users, each row padded with 40 extra columns of 1,000 characters (cells
 /// stay under the import's 1,024-character limit, rows under its 64 KiB record limit).
@@ -123,7 +125,7 @@ pub async fn run(plan: Plan, _rng: StdRng) -> Result<Row> {
 }
 
 async fn trials(env: &FleetEnv, plan: Plan, row: &mut Row) -> Result<()> {
-    let log_file = crate::harness::ftps().await.log_file.clone();
+    let log_file = harness::ftps().await.log_file.clone();
     let user = env.tenant(0).to_owned();
     let uid = uid_of(&user)?;
     let domain = env.domain(0);

@@ -16,12 +16,11 @@ use platform_fake::Faults;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use harness::fixtures::{tenant_log, usernames, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{
-    self, Events, dead_letters, job_lines, missing_users, queued, spawn_worker, tenant_log,
-    usernames, users_csv,
-};
-use crate::fleet_env::{FleetEnv, FleetOptions};
+use crate::common::{self, Events, dead_letters, job_lines, missing_users, spawn_worker};
 use crate::table::Row;
 
 /// A stage, the sign that it has begun, and how long after that sign a kill may land (random
@@ -176,7 +175,7 @@ async fn lane_trials(
     let import_window = (plan.users as u64 * 2 * latency / 2).max(50);
     let domain = env.domain(0);
     let lock_key = format!("{}:lock:{tenant}", env.prefix);
-    let mut redis = redis::Client::open(crate::harness::redis_url())?.get_connection()?;
+    let mut redis = redis::Client::open(harness::redis_url())?.get_connection()?;
     for i in 0..trials {
         let (stage, sign, window) = STAGES[i % STAGES.len()];
         let window = if window == 0 { import_window } else { window };
@@ -187,7 +186,7 @@ async fn lane_trials(
             users_csv(&tag, plan.users).as_bytes(),
         );
 
-        let ftp_log = &crate::harness::ftps().await.log_file;
+        let ftp_log = &harness::ftps().await.log_file;
         let from = std::fs::metadata(ftp_log).map(|m| m.len()).unwrap_or(0);
         let api_before = env.fake.calls(&domain).total();
         let (mut victim, _pid) = spawn_worker(env)?;
@@ -256,7 +255,7 @@ async fn lane_trials(
                 .await
             {
                 Ok(e) => Some(Some(e)),
-                Err(_) if queued(env).await? == 0 => {
+                Err(_) if env.queued().await? == 0 => {
                     out.after_end += 1;
                     Some(None)
                 }

@@ -17,17 +17,6 @@
 //! any user was created twice or is missing, or a trial could not run; 0 otherwise. Everything
 //! it talks to is on 127.0.0.1.
 
-#[path = "../../integration/harness/mod.rs"]
-mod harness;
-
-#[allow(dead_code)] // the integration tests use the rest of these helpers
-#[path = "../../integration/fleet_env.rs"]
-mod fleet_env;
-
-#[allow(dead_code)]
-#[path = "../../integration/tenant_env.rs"]
-mod tenant_env;
-
 mod common;
 mod ftps;
 mod kill;
@@ -186,7 +175,7 @@ async fn run(args: Args) -> i32 {
         plan.budget
     );
     // Built before the clock starts: cargo builds the worker binary once.
-    let _ = tenant_env::worker_binary();
+    let _ = harness::binaries::worker_binary();
     let wanted = |name: &str| {
         args.only
             .as_ref()

@@ -14,10 +14,11 @@ use platform_fake::Faults;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use harness::fixtures::{tenant_log, usernames, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{self, Events, missing_users, usernames, users_csv};
-use crate::fleet_env::{FleetEnv, FleetOptions};
-use crate::harness;
+use crate::common::{self, Events, missing_users};
 use crate::table::Row;
 
 /// A private, empty Redis on 127.0.0.1.
@@ -249,7 +250,7 @@ pub async fn smtp(plan: Plan, _rng: StdRng) -> Result<Row> {
     .await;
     let dead_port = common::free_port()?;
     let text = std::fs::read_to_string(&env.settings_path)?;
-    let smtp = crate::harness::smtp().await;
+    let smtp = harness::smtp().await;
     let from = format!("[smtp]\nhost = \"{}\"\nport = {}\n", smtp.host, smtp.port);
     if !text.contains(&from) {
         bail!("the settings have no [smtp] section as expected");
@@ -299,7 +300,7 @@ async fn smtp_down(env: &FleetEnv, plan: Plan) -> Result<Row> {
             }
         }
     }
-    let log = common::tenant_log(account);
+    let log = tenant_log(account);
     let lines = common::job_lines(&log, &job.job_id);
     let recorded = lines
         .iter()

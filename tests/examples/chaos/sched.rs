@@ -22,9 +22,10 @@ use scheduler::{Options, Scheduler};
 use shared::health::Health;
 use shared::registry::Registry;
 
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{Events, queued};
-use crate::fleet_env::{FleetEnv, FleetOptions};
+use crate::common::Events;
 use crate::table::Row;
 
 const TENANTS: usize = 5;
@@ -70,7 +71,7 @@ async fn ticks(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
     options.publish_timeout = Duration::from_secs(1);
     options.redis_timeout = Duration::from_millis(500);
     options.claim_ttl = Duration::from_millis(2500);
-    let mut redis = redis::Client::open(crate::harness::redis_url())?
+    let mut redis = redis::Client::open(harness::redis_url())?
         .get_multiplexed_async_connection()
         .await
         .context("connecting to Redis")?;
@@ -180,11 +181,11 @@ async fn ticks(env: &FleetEnv, plan: Plan, rng: &mut StdRng) -> Result<Row> {
             .iter()
             .filter(|e| ACCEPTED.contains(&e.disposition))
             .count();
-        if runs >= expected && queued(env).await? == 0 {
+        if runs >= expected && env.queued().await? == 0 {
             // Room for a late duplicate to be settled too.
             tokio::time::sleep(Duration::from_secs(1)).await;
             events.drain();
-            if queued(env).await? == 0 {
+            if env.queued().await? == 0 {
                 break;
             }
         }

@@ -13,11 +13,11 @@ use platform_fake::Faults;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use harness::fixtures::{tenant_log, usernames, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{
-    self, Events, job_lines, missing_users, signal, spawn_worker, tenant_log, usernames, users_csv,
-};
-use crate::fleet_env::{FleetEnv, FleetOptions};
+use crate::common::{self, Events, job_lines, missing_users, signal, spawn_worker};
 use crate::table::Row;
 
 const LOCK_TTL: Duration = Duration::from_secs(2);

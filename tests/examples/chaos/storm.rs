@@ -11,9 +11,11 @@ use chrono::Utc;
 use platform_fake::Faults;
 use rand::rngs::StdRng;
 
+use harness::fixtures::{usernames, users_csv};
+use harness::fleet_env::{FleetEnv, FleetOptions};
+
 use crate::Plan;
-use crate::common::{Events, missing_users, usernames, users_csv};
-use crate::fleet_env::{FleetEnv, FleetOptions};
+use crate::common::{Events, missing_users};
 use crate::table::Row;
 
 pub async fn run(plan: Plan, _rng: StdRng) -> Result<Vec<Row>> {

@@ -155,6 +155,46 @@ pub async fn read_small(
     Ok(got.map(|_| out))
 }
 
+/// A file fetched from the account: a local temporary copy, hashed on the way.
+#[derive(Debug)]
+pub struct LocalFile {
+    pub file: tempfile::NamedTempFile,
+    pub size: u64,
+    pub sha1: shared::Sha1Digest,
+}
+
+/// Streams `path` to a temporary file in `dir` (256 KiB buffered writes), computing its SHA1 on
+/// the way, refusing files over `max_bytes` before (SIZE) and during the transfer. `Ok(None)`:
+/// there is no file (or it went between SIZE and the transfer).
+pub async fn fetch_file(
+    account: &mut dyn Account,
+    path: &str,
+    max_bytes: u64,
+    dir: &std::path::Path,
+) -> Result<Option<LocalFile>, AccountError> {
+    use sha1::Digest;
+    match account.size(path).await? {
+        None => return Ok(None),
+        Some(size) if size > max_bytes => return Err(AccountError::TooLarge { limit: max_bytes }),
+        Some(_) => {}
+    }
+    let file = tempfile::Builder::new()
+        .prefix("user-import-")
+        .suffix(".csv")
+        .tempfile_in(dir)?;
+    let mut out =
+        tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
+    let mut hasher = sha1::Sha1::new();
+    let size = account
+        .download(path, &mut out, max_bytes, &mut |chunk| hasher.update(chunk))
+        .await?;
+    Ok(size.map(|size| LocalFile {
+        file,
+        size,
+        sha1: shared::Sha1Digest::from_bytes(hasher.finalize().into()),
+    }))
+}
+
 /// Opens sessions on tenants' accounts; built once at start-up.
 #[derive(Debug, Clone)]
 pub struct Connector {

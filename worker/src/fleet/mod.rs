@@ -5,6 +5,7 @@
 //! stops consuming, lets running jobs finish within the drain bound, stops the rest before their
 //! next side effect and hands them back, releases its locks, and returns.
 
+pub mod admission;
 pub mod disposition;
 pub mod events;
 pub mod lock;
@@ -19,22 +20,21 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
-use shared::amqp::{HEADER_ATTEMPT, Topology, confirm_mode, header_str, header_u32};
+use shared::amqp::{HEADER_ATTEMPT, Topology, confirm_mode, header_u32};
 use shared::health::Health;
-use shared::job::{JobMessage, Trigger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::outcome::{JobError, Permanent, Retryable};
-use crate::pipeline::{Deps, JobContext, process_job};
-use disposition::{HEADER_BUSY_BOUNCES, HEADER_HANDED_BACK};
+use crate::deps::Deps;
+use crate::job::{JobContext, LockHold};
+use crate::outcome::{JobError, Outcome, Retryable};
+use crate::pipeline::process_job;
+use admission::Admission;
+use disposition::{Disposition, HEADER_HANDED_BACK};
 pub use events::JobEvent;
 pub use lock::Locks;
-
-/// How many times a handed-back job may find its tenant locked before it is dead-lettered.
-const MAX_BUSY_BOUNCES: u32 = 20;
 
 /// What the consumer needs besides the pipeline's `Deps`.
 pub struct FleetDeps {
@@ -227,16 +227,7 @@ async fn ping_redis(fleet: Arc<FleetDeps>, shutdown: CancellationToken) {
     }
 }
 
-/// The delivery is settled: counted, recorded on its span, reported to the observers.
-fn emit(deps: &Deps, fleet: &FleetDeps, event: JobEvent) {
-    deps.metrics.job(event.disposition, &event.reason);
-    span::record_settled(&tracing::Span::current(), &event);
-    if let Some(tx) = &fleet.events {
-        let _ = tx.send(event);
-    }
-}
-
-/// One delivery, from decoding to its settlement.
+/// One delivery, from admission to its settlement.
 async fn handle(
     deps: &Deps,
     fleet: &FleetDeps,
@@ -244,149 +235,52 @@ async fn handle(
     delivery: Delivery,
     stop: CancellationToken,
 ) {
-    let topo = &fleet.topology;
     let attempt = header_u32(&delivery.properties, HEADER_ATTEMPT).unwrap_or(0);
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let mut event = JobEvent {
-        worker_id: fleet.worker_id.clone(),
-        tenant: String::new(),
-        job_id: String::new(),
-        message_id,
-        started: None,
-        ended: None,
-        disposition: "dead-lettered",
-        reason: String::new(),
+    let mut event = JobEvent::new(&fleet.worker_id, &delivery);
+    let disposition = match admission::admit(deps, fleet, &delivery, attempt, &mut event).await {
+        Ok(admitted) => run_admitted(deps, fleet, admitted, attempt, &stop, &mut event).await,
+        Err(refused) => refused,
     };
-
-    let job = match JobMessage::decode(&delivery.data) {
-        Ok(JobMessage::V1(job)) => job,
-        Err(e) => {
-            tracing::warn!(error = %e, "poison message: dead-lettering");
-            let landed = disposition::dead_letter(
-                pub_ch,
-                topo,
-                &delivery,
-                "bad-message",
-                &e.to_string(),
-                attempt,
-            )
-            .await;
-            count_publish(deps, landed, "dead-letter");
-            event.reason = "bad-message".into();
-            return emit(deps, fleet, event);
-        }
-    };
-    event.tenant = job.tenant.chars().take(64).collect();
-    event.job_id = job.job_id.to_string();
-    let span = tracing::Span::current();
-    span.record("tenant", event.tenant.as_str());
-    span.record("job_id", event.job_id.as_str());
-    span.record("attempt", attempt);
-
-    // Refuse what cannot be this worker's, before touching any lock.
-    let refusal = if job.region != topo.region {
-        Some((
-            "wrong-region",
-            format!("job for region {:?} on queue {}", job.region, topo.queue),
-        ))
-    } else {
-        match deps.registry().get(&job.tenant) {
-            None => Some((
-                "unknown-tenant",
-                format!("no tenant {:?} in the registry", event.tenant),
-            )),
-            Some(t) if !t.enabled && job.trigger == Trigger::Schedule => {
-                Some(("disabled-tenant", format!("tenant {} is disabled", t.name)))
-            }
-            Some(t) if t.region.as_str() != topo.region => Some((
-                "wrong-region",
-                format!("tenant {} belongs to region {}", t.name, t.region),
-            )),
-            Some(_) => None,
-        }
-    };
-    if let Some((reason, message)) = refusal {
-        tracing::warn!(reason, message, "job refused: dead-lettering");
-        let landed =
-            disposition::dead_letter(pub_ch, topo, &delivery, reason, &message, attempt).await;
-        count_publish(deps, landed, "dead-letter");
-        event.reason = reason.into();
-        return emit(deps, fleet, event);
+    if let Disposition::DeadLetter { reason, message } = &disposition {
+        tracing::warn!(reason, message, "dead-lettering");
     }
-
-    // A scheduled tick published twice (a scheduler replica died between its publish and its
-    // commit, and another published the tick again) runs once: the first fresh delivery of the
-    // tick records its job id, and a fresh delivery of the same tick with another job id is a
-    // duplicate. Redeliveries, hand-backs and retries of the recorded job are not fresh.
-    let fresh = attempt == 0 && !delivery.redelivered && !handed_back(&delivery);
-    if job.trigger == Trigger::Schedule && fresh {
-        match fleet
-            .locks
-            .claim_tick(&job.tenant, job.scheduled_for, &event.job_id)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!("this tick of the tenant was already delivered: duplicate, dropped");
-                disposition::ack(&delivery).await;
-                event.disposition = "duplicate";
-                event.reason = "duplicate-tick".into();
-                return emit(deps, fleet, event);
-            }
-            Err(e) => {
-                fleet.health.set_redis(false);
-                tracing::warn!(error = %e, "cannot reach Redis for the tick record: handing back");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                disposition::hand_back(&delivery).await;
-                event.disposition = "handed-back";
-                event.reason = "redis-unavailable".into();
-                return emit(deps, fleet, event);
-            }
-        }
+    let landed =
+        disposition::settle(pub_ch, &fleet.topology, &delivery, &disposition, attempt).await;
+    if !landed {
+        let kind = match disposition {
+            Disposition::DeadLetter { .. } => "dead-letter",
+            _ => "retry",
+        };
+        deps.metrics.publish_failure(kind);
     }
+    event.settled(&disposition);
+    deps.metrics.job(event.disposition, &event.reason);
+    span::record_settled(&tracing::Span::current(), &disposition);
+    if let Some(tx) = &fleet.events {
+        let _ = tx.send(event);
+    }
+}
 
-    let guard = match fleet.locks.acquire(&job.tenant).await {
-        Ok(Some(g)) => g,
-        Ok(None) => {
-            busy(deps, fleet, pub_ch, &delivery, attempt, &mut event).await;
-            return emit(deps, fleet, event);
-        }
-        Err(e) => {
-            fleet.health.set_redis(false);
-            tracing::warn!(error = %e, "cannot reach Redis for the tenant lock: handing back");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            disposition::hand_back(&delivery).await;
-            event.disposition = "handed-back";
-            event.reason = "redis-unavailable".into();
-            return emit(deps, fleet, event);
-        }
-    };
-
+/// Runs an admitted job under its lock and decides how its delivery is settled.
+async fn run_admitted(
+    deps: &Deps,
+    fleet: &FleetDeps,
+    admitted: Admission,
+    attempt: u32,
+    stop: &CancellationToken,
+    event: &mut JobEvent,
+) -> Disposition {
+    let Admission { job, lock } = admitted;
     // The job stops before its next side effect when the lock is lost, time is up, or the
     // session is stopping.
     let cancel = CancellationToken::new();
-    let watcher = {
-        let (cancel, lost, stop, limit) = (
-            cancel.clone(),
-            guard.lost(),
-            stop.clone(),
-            fleet.job_timeout,
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = lost.cancelled() => tracing::warn!("tenant lock lost: stopping the job"),
-                _ = stop.cancelled() => tracing::info!("worker stopping: stopping the job"),
-                _ = tokio::time::sleep(limit) => tracing::warn!("job ran past its time limit: stopping it"),
-            }
-            cancel.cancel();
-        })
-    };
-    if guard.fence == 1 {
+    let watcher = tokio::spawn(watch(
+        cancel.clone(),
+        lock.lost(),
+        stop.clone(),
+        fleet.job_timeout,
+    ));
+    if lock.fence == 1 {
         // A new fence counter: the tenant's first lock on this Redis, ever or since Redis lost
         // its data (a restart without persistence). In the second case a holder from before may
         // still be running until its next renewal finds its lock gone; one TTL from now every
@@ -407,38 +301,59 @@ async fn handle(
         job_id: job.job_id,
         trigger: job.trigger,
         cancel,
-        fence: Some(guard.fence),
-        lease: Some(guard.lease()),
+        fence: Some(lock.fence),
+        lock: Some(LockHold {
+            lease: lock.lease(),
+            lost: lock.lost(),
+        }),
     };
     let result = process_job(deps, &job.tenant, ctx).await;
     event.ended = Some(Utc::now());
     watcher.abort();
-    match guard.release().await {
+    match lock.release().await {
         Ok(true) => {}
         Ok(false) => tracing::warn!("the tenant lock was no longer ours at release"),
         Err(e) => tracing::warn!(error = %e, "releasing the tenant lock failed; it will expire"),
     }
+    after_job(&result, attempt, stop.is_cancelled(), &fleet.topology)
+}
 
+/// Cancels the job when its lock is lost, the worker stops it, or it runs past `limit`.
+async fn watch(
+    cancel: CancellationToken,
+    lost: CancellationToken,
+    stop: CancellationToken,
+    limit: Duration,
+) {
+    tokio::select! {
+        _ = lost.cancelled() => tracing::warn!("tenant lock lost: stopping the job"),
+        _ = stop.cancelled() => tracing::info!("worker stopping: stopping the job"),
+        _ = tokio::time::sleep(limit) => tracing::warn!("job ran past its time limit: stopping it"),
+    }
+    cancel.cancel();
+}
+
+/// How a delivery is settled once its job ended. `stopping`: this worker's session is stopping
+/// its jobs (shutdown, a lost broker connection).
+pub fn after_job(
+    result: &Result<Outcome, JobError>,
+    attempt: u32,
+    stopping: bool,
+    topology: &Topology,
+) -> Disposition {
     match result {
-        Ok(outcome) => {
-            disposition::ack(&delivery).await;
-            event.disposition = outcome.label();
-            event.reason = outcome.label().into();
-        }
-        Err(JobError::Permanent(p)) => {
-            dead_letter_permanent(deps, fleet, pub_ch, &delivery, &p, attempt).await;
-            event.reason = p.reason().into();
-        }
-        Err(JobError::Retryable(Retryable::Cancelled)) if stop.is_cancelled() => {
-            // Shutdown or a lost connection: give it back now for another worker.
-            disposition::hand_back(&delivery).await;
-            event.disposition = "handed-back";
-            event.reason = "cancelled".into();
-        }
+        Ok(outcome) => Disposition::Done(outcome.label()),
+        Err(JobError::Permanent(p)) => Disposition::DeadLetter {
+            reason: p.reason(),
+            message: p.to_string(),
+        },
+        // Shutdown or a lost connection: give it back now for another worker.
+        Err(JobError::Retryable(Retryable::Cancelled)) if stopping => Disposition::HandBack {
+            reason: "cancelled",
+        },
         Err(JobError::Retryable(r)) => {
             let next = attempt + 1;
-            event.reason = r.reason().into();
-            match topo.retry_delay(next) {
+            match topology.retry_delay(next) {
                 Some(delay) => {
                     tracing::info!(
                         reason = r.reason(),
@@ -446,130 +361,79 @@ async fn handle(
                         delay_ms = delay.as_millis() as u64,
                         "retrying later"
                     );
-                    let handed_back = matches!(r, Retryable::Cancelled);
                     let mut headers = vec![(HEADER_ATTEMPT, AMQPValue::LongUInt(next))];
-                    if handed_back {
+                    if matches!(r, Retryable::Cancelled) {
                         headers.push((HEADER_HANDED_BACK, AMQPValue::Boolean(true)));
                     }
-                    let landed =
-                        disposition::retry_later(pub_ch, topo, &delivery, delay, &headers).await;
-                    count_publish(deps, landed, "retry");
-                    event.disposition = "retry-scheduled";
+                    Disposition::RetryLater {
+                        delay,
+                        reason: r.reason(),
+                        headers,
+                        failure: true,
+                    }
                 }
-                None => {
-                    let why = format!("gave up after {} attempts: {r}", attempt + 1);
-                    let landed = disposition::dead_letter(
-                        pub_ch,
-                        topo,
-                        &delivery,
-                        r.reason(),
-                        &why,
-                        attempt,
-                    )
-                    .await;
-                    count_publish(deps, landed, "dead-letter");
-                    event.disposition = "dead-lettered";
-                }
+                None => Disposition::DeadLetter {
+                    reason: r.reason(),
+                    message: format!("gave up after {} attempts: {r}", attempt + 1),
+                },
             }
         }
     }
-    emit(deps, fleet, event);
 }
 
-/// Whether the delivery carries the hand-back mark (it was in progress somewhere before).
-fn handed_back(delivery: &Delivery) -> bool {
-    header_str(&delivery.properties, HEADER_HANDED_BACK).is_some()
-        || matches!(
-            shared::amqp::header(&delivery.properties, HEADER_HANDED_BACK),
-            Some(AMQPValue::Boolean(true))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Permanent;
+
+    fn topology() -> Topology {
+        Topology::new(
+            "user-import",
+            "eu",
+            5,
+            &[Duration::from_secs(1), Duration::from_secs(10)],
         )
-}
-
-/// A retry or dead letter that the broker did not confirm (the delivery was handed back).
-fn count_publish(deps: &Deps, landed: bool, kind: &'static str) {
-    if !landed {
-        deps.metrics.publish_failure(kind);
     }
-}
 
-async fn dead_letter_permanent(
-    deps: &Deps,
-    fleet: &FleetDeps,
-    pub_ch: &Channel,
-    delivery: &Delivery,
-    p: &Permanent,
-    attempt: u32,
-) {
-    tracing::warn!(reason = p.reason(), error = %p, "permanent failure: dead-lettering");
-    let landed = disposition::dead_letter(
-        pub_ch,
-        &fleet.topology,
-        delivery,
-        p.reason(),
-        &p.to_string(),
-        attempt,
-    )
-    .await;
-    count_publish(deps, landed, "dead-letter");
-}
-
-/// The tenant is locked. A fresh job is redundant with the one running: `skipped-busy`. A job that
-/// was already in progress somewhere (redelivered after a crash, handed back) must not be
-/// dropped: it waits in the first delay queue and tries again, a bounded number of times.
-async fn busy(
-    deps: &Deps,
-    fleet: &FleetDeps,
-    pub_ch: &Channel,
-    delivery: &Delivery,
-    attempt: u32,
-    event: &mut JobEvent,
-) {
-    if !(delivery.redelivered || handed_back(delivery)) {
-        tracing::info!("tenant busy with another job: skipped");
-        deps.metrics.lock_contention("skipped-busy");
-        disposition::ack(delivery).await;
-        event.disposition = "skipped-busy";
-        event.reason = "busy".into();
-        return;
+    #[test]
+    fn a_worker_fault_is_retried_and_never_dead_lettered_as_the_tenants_file() {
+        let fault = Err(Retryable::WorkerFault("import: a panic".into()).into());
+        let d = after_job(&fault, 0, false, &topology());
+        assert_eq!(d.label(), "retry-scheduled");
+        assert_eq!(d.reason(), "worker-fault");
+        assert!(d.is_failure());
+        let bad_file = Err(Permanent::UnreadableFile("binary".into()).into());
+        assert_eq!(
+            after_job(&bad_file, 0, false, &topology()).reason(),
+            "unreadable-file"
+        );
     }
-    let bounces = header_u32(&delivery.properties, HEADER_BUSY_BOUNCES).unwrap_or(0) + 1;
-    let delay = fleet.topology.retry_delays.first().copied();
-    match delay {
-        Some(delay) if bounces <= MAX_BUSY_BOUNCES => {
-            tracing::info!(
-                bounces,
-                "tenant still locked for a handed-back job: waiting"
-            );
-            deps.metrics.lock_contention("bounced");
-            let landed = disposition::retry_later(
-                pub_ch,
-                &fleet.topology,
-                delivery,
-                delay,
-                &[
-                    (HEADER_HANDED_BACK, AMQPValue::Boolean(true)),
-                    (HEADER_BUSY_BOUNCES, AMQPValue::LongUInt(bounces)),
-                ],
-            )
-            .await;
-            count_publish(deps, landed, "retry");
-            event.disposition = "retry-scheduled";
-            event.reason = "busy".into();
-        }
-        _ => {
-            deps.metrics.lock_contention("gave-up");
-            let landed = disposition::dead_letter(
-                pub_ch,
-                &fleet.topology,
-                delivery,
-                "tenant-locked-too-long",
-                "the tenant stayed locked through every wait",
-                attempt,
-            )
-            .await;
-            count_publish(deps, landed, "dead-letter");
-            event.disposition = "dead-lettered";
-            event.reason = "tenant-locked-too-long".into();
-        }
+
+    #[test]
+    fn a_retryable_failure_is_retried_until_the_delays_run_out_then_dead_lettered() {
+        let down = Err(Retryable::Api("503".into()).into());
+        assert_eq!(
+            after_job(&down, 1, false, &topology()).label(),
+            "retry-scheduled"
+        );
+        let last = after_job(&down, 2, false, &topology());
+        assert_eq!(last.label(), "dead-lettered");
+        assert_eq!(last.reason(), "api-unavailable");
+    }
+
+    #[test]
+    fn a_job_stopped_by_its_worker_is_handed_back_and_an_outcome_acked() {
+        let stopped = Err(Retryable::Cancelled.into());
+        assert_eq!(
+            after_job(&stopped, 0, true, &topology()),
+            Disposition::HandBack {
+                reason: "cancelled"
+            }
+        );
+        let done = Ok(Outcome::NoFile);
+        assert_eq!(
+            after_job(&done, 0, false, &topology()),
+            Disposition::Done("no-file")
+        );
     }
 }

@@ -8,7 +8,7 @@ use shared::amqp::{HEADER_TRACEPARENT, Topology, header_str};
 use shared::telemetry;
 use tracing::field::Empty;
 
-use super::JobEvent;
+use super::disposition::Disposition;
 
 /// The span of `delivery`, to instrument its handling with; created before it is entered (the
 /// remote parent can only be set then).
@@ -55,19 +55,11 @@ pub fn consumer_span(topo: &Topology, delivery: &Delivery) -> tracing::Span {
 
 /// Records the disposition and its reason; a dead letter, or a retry of a failed job, marks the
 /// span as failed (a busy tenant's wait does not).
-pub fn record_settled(span: &tracing::Span, event: &JobEvent) {
-    span.record("disposition", event.disposition);
-    span.record("reason", event.reason.as_str());
-    let failed = match event.disposition {
-        "dead-lettered" => true,
-        "retry-scheduled" => event.reason != "busy",
-        _ => false,
-    };
-    if failed {
-        telemetry::record_error(
-            span,
-            &event.reason,
-            &format!("{}: {}", event.disposition, event.reason),
-        );
+pub fn record_settled(span: &tracing::Span, disposition: &Disposition) {
+    let (label, reason) = (disposition.label(), disposition.reason());
+    span.record("disposition", label);
+    span.record("reason", reason);
+    if disposition.is_failure() {
+        telemetry::record_error(span, reason, &format!("{label}: {reason}"));
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::import::StopCheck;
 use crate::import::row::{RowInput, StateChange};
+use crate::platform::StopCheck;
 use crate::platform::model::{UserRecord, WriteResult};
 use crate::platform::{ApiError, PlatformClient};
 
@@ -30,7 +30,8 @@ pub enum RowStatus {
     Invalid,
     Failed,
     Unconfirmed,
-    /// A user absent from the file, deactivated by `full_sync`.
+    /// Deactivated: by the row's `Account state` (a row of the file, `line > 0`), or as a user
+    /// absent from the file by `full_sync` (`line == 0`).
     Deactivated,
 }
 
@@ -104,10 +105,6 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
     }
     let mut steps: Vec<&'static str> = Vec::new();
     let line = row.line;
-    let shown = row
-        .new_username
-        .clone()
-        .unwrap_or_else(|| row.username.clone());
     let result = run(ctx, &row, &mut steps).await;
     let action = if steps.is_empty() {
         "none".to_owned()
@@ -118,13 +115,14 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
         Ok((status, message)) => (status, message),
         Err(Failure::Credentials(code)) => return Err(Stop::Credentials(code)),
         Err(Failure::Cancelled) => return Err(Stop::Cancelled),
-        Err(Failure::Invalid(m)) => (RowStatus::Invalid, m),
         Err(Failure::Failed(m)) => (RowStatus::Failed, m),
         Err(Failure::Unconfirmed(m)) => (RowStatus::Unconfirmed, m),
     };
+    // Always the row's own Username: a rename that failed must not be reported under the name
+    // it asked for (which may be another user's).
     Ok(RowResult {
         line,
-        username: shown,
+        username: row.username.clone(),
         action,
         status,
         message,
@@ -134,7 +132,6 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
 enum Failure {
     Credentials(u16),
     Cancelled,
-    Invalid(String),
     Failed(String),
     Unconfirmed(String),
 }
@@ -168,7 +165,7 @@ async fn run(
         uid = new.clone();
         rename = None;
     }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut status = match current {
         None => match create(ctx, row, steps).await? {
             Created::Yes => RowStatus::Created,
@@ -183,18 +180,25 @@ async fn run(
                 let now = c.get_user(&uid).await?.ok_or_else(|| {
                     Failure::Failed("create answered 409 but the user is not there".into())
                 })?;
-                update(ctx, row, &uid, None, &now, steps, &mut notes).await?
+                update(ctx, row, &uid, None, &now, steps).await?
             }
         },
         Some(ref user) => {
             if row.password.is_some() {
-                notes.push("password ignored for an existing user");
+                notes.push("password ignored for an existing user".into());
             }
-            update(ctx, row, &uid, rename.as_deref(), user, steps, &mut notes).await?
+            update(ctx, row, &uid, rename.as_deref(), user, steps).await?
         }
     };
     if let Some(new) = rename.filter(|_| steps.contains(&"update")) {
+        notes.push(format!("renamed to {new:?}"));
         uid = new;
+    } else if status == RowStatus::Created
+        && let Some(new) = &row.new_username
+    {
+        notes.push(format!("created as {new:?}"));
+    } else if uid != row.username {
+        notes.push(format!("already renamed to {uid:?}"));
     }
     let wanted = row.state;
     if let Some(change) = wanted {
@@ -217,9 +221,13 @@ async fn run(
                     .await?;
                 follow(c, &tid, &uid).await?;
             }
-            if status == RowStatus::Unchanged {
-                status = RowStatus::Updated;
-            }
+            status = match change {
+                // Counted apart from updates: a deactivation by the row's Account state.
+                // A new user created deactivated stays counted as created.
+                StateChange::Deactivate if current.is_some() => RowStatus::Deactivated,
+                _ if status == RowStatus::Unchanged => RowStatus::Updated,
+                _ => status,
+            };
         }
     }
     Ok((status, notes.join("; ")))
@@ -257,8 +265,10 @@ async fn create(
         .map(|(_, label)| label.as_str())
         .collect();
     if !missing.is_empty() {
-        return Err(Failure::Invalid(format!(
-            "a new user needs {}",
+        // Known only now that GetUser said the user is new: not a validation error of the
+        // file (those are all counted before any call), so counted as failed.
+        return Err(Failure::Failed(format!(
+            "a new user needs {}: the user was not created",
             missing.join(", ")
         )));
     }
@@ -302,7 +312,6 @@ async fn update(
     rename: Option<&str>,
     current: &UserRecord,
     steps: &mut Vec<&'static str>,
-    notes: &mut Vec<&'static str>,
 ) -> Result<RowStatus, Failure> {
     let mut profile = Map::new();
     for (k, v) in &row.profile {
@@ -328,7 +337,6 @@ async fn update(
     if profile.is_empty() && add.is_empty() {
         return Ok(RowStatus::Unchanged);
     }
-    let _ = notes;
     let mut body = json!({"params": {"action": "update", "uid": uid}, "profile": profile});
     if !add.is_empty() {
         body["groups"] = Value::Array(add);
@@ -338,7 +346,15 @@ async fn update(
     if ctx.dry_run {
         return Ok(RowStatus::Updated);
     }
-    let tid = ctx.client.set_user(&body).await?;
+    let tid = match (ctx.client.set_user(&body).await, rename) {
+        (Ok(tid), _) => tid,
+        (Err(ApiError::Conflict), Some(new)) => {
+            return Err(Failure::Failed(format!(
+                "New username {new:?} is already taken by another user: the row was not applied"
+            )));
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     follow(ctx.client, &tid, uid).await?;
     Ok(RowStatus::Updated)
 }

@@ -7,7 +7,8 @@
 use tokio::sync::mpsc;
 
 use super::apply::{RowResult, RowStatus};
-use super::{FirstPass, ImportError, ImportParams, key_hash};
+use super::names::{NameSpill, key_hash};
+use super::{FirstPass, ImportError, ImportParams};
 use crate::platform::{ApiError, PlatformClient};
 
 /// The platform's limit of uids per `SetUsers` call.
@@ -17,11 +18,12 @@ pub const CHUNK: usize = 500;
 pub(super) async fn absent_users(
     params: &ImportParams,
     first: &FirstPass,
+    file_users: Option<NameSpill>,
     progress: &mpsc::UnboundedSender<String>,
 ) -> Result<Vec<String>, ImportError> {
-    if !params.options.full_sync {
+    let Some(file_users) = file_users.filter(|_| params.options.full_sync) else {
         return Ok(Vec::new());
-    }
+    };
     if first.rows == 0 {
         // A header without rows is more likely a broken export than an empty organisation.
         let _ = progress
@@ -35,14 +37,19 @@ pub(super) async fn absent_users(
         ));
         return Ok(Vec::new());
     }
-    let absent: Vec<String> = params
+    let candidates: Vec<(u64, String)> = params
         .store
         .managed(&params.tenant)
         .await?
         .into_iter()
         .filter(|u| !u.eq_ignore_ascii_case(&params.admin))
-        .filter(|u| !first.file_users.contains(&key_hash(u)))
+        .map(|u| (key_hash(&u), u))
         .collect();
+    // A merge of the file's sorted names with the managed ones: no set of the file in memory.
+    let mut absent = tokio::task::spawn_blocking(move || file_users.sorted()?.absent(candidates))
+        .await
+        .map_err(|e| ImportError::Unreadable(e.to_string()))??;
+    absent.sort();
     let _ = progress.send(format!(
         "full sync: {} managed users are absent from the file",
         absent.len()

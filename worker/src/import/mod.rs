@@ -6,25 +6,24 @@
 pub mod apply;
 pub mod decode;
 pub mod full_sync;
+pub mod names;
 pub mod reader;
 pub mod results;
 pub mod row;
 pub mod store;
 pub mod template;
 
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use shared::registry::ImportOptions;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
 use crate::platform::{ApiError, PlatformClient};
 use apply::{ApplyContext, RowResult, RowStatus};
+use names::{NameSpill, PairSpill, key_hash};
 use reader::{BoundedReader, Item};
 use results::ResultsWriter;
 use row::RowError;
@@ -50,6 +49,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("stopped before the end: the job was cancelled")]
     Cancelled,
+    /// A task of the import died (a panic): a fault of this worker, not of the file.
+    #[error("the import's worker task failed: {0}")]
+    WorkerFault(String),
 }
 
 impl From<apply::Stop> for ImportError {
@@ -116,19 +118,8 @@ pub struct ImportParams {
 
 const FIRST_PROBLEMS: usize = 50;
 
-/// Asked before every write: once it says stop, the import sends nothing more and ends as
-/// [`ImportError::Cancelled`]. A plain token for callers without a lock; the pipeline's
-/// `JobContext` also says stop once its tenant lock's lease has run out, which it knows without
-/// asking Redis (see `fleet::lock::Lease`).
-pub trait StopCheck: std::fmt::Debug + Send + Sync {
-    fn should_stop(&self) -> bool;
-}
-
-impl StopCheck for CancellationToken {
-    fn should_stop(&self) -> bool {
-        self.is_cancelled()
-    }
-}
+/// Asked before every write; see [`crate::platform::StopCheck`].
+pub use crate::platform::StopCheck;
 
 /// Runs the import of `file`. Progress lines are sent to `progress` (the tenant log).
 pub async fn run(
@@ -152,7 +143,7 @@ pub async fn run(
         let (input, out) = (file.to_owned(), utf8_copy.path().to_owned());
         tokio::task::spawn_blocking(move || decode::normalise(&input, &out))
             .await
-            .map_err(|e| ImportError::Unreadable(e.to_string()))?
+            .map_err(|e| ImportError::WorkerFault(e.to_string()))?
             .map_err(|e| match e {
                 decode::DecodeError::Binary => ImportError::Unreadable(e.to_string()),
                 decode::DecodeError::Io(io) => ImportError::Io(io),
@@ -164,7 +155,7 @@ pub async fn run(
         let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
         tokio::task::spawn_blocking(move || first_pass(&file, delimiter, &fields, &params))
             .await
-            .map_err(|e| ImportError::Unreadable(e.to_string()))??
+            .map_err(|e| ImportError::WorkerFault(e.to_string()))??
     };
     let unknown: Vec<String> = first
         .template
@@ -173,11 +164,19 @@ pub async fn run(
         .map(str::to_owned)
         .collect();
     let _ = progress.send(format!(
-        "file encoding {}, delimiter {:?}; validated {} rows: {} invalid{}",
+        "file encoding {}, delimiter {:?}; validated {} rows: {} invalid{}{}",
         encoding.label(),
         delimiter as char,
         first.rows,
         first.invalid,
+        if first.duplicate_rows > 0 {
+            format!(
+                " ({} of them for a username in more than one row)",
+                first.duplicate_rows
+            )
+        } else {
+            String::new()
+        },
         if unknown.is_empty() {
             String::new()
         } else {
@@ -188,7 +187,9 @@ pub async fn run(
         params.store.forget_all(&params.tenant).await?;
         let _ = progress.send("full re-push asked for: row fingerprints forgotten".into());
     }
-    let absent = full_sync::absent_users(params, &first, progress).await?;
+    let mut first = first;
+    let file_users = first.file_users.take();
+    let absent = full_sync::absent_users(params, &first, file_users, progress).await?;
 
     let mandatory = Template::mandatory_keys(&fields);
     let pass = Pass {
@@ -215,13 +216,18 @@ pub async fn run(
             existing: absent.len() as u64,
         };
         pass.rows(true, |r| {
-            if matches!(r.status, RowStatus::Updated | RowStatus::Unchanged) {
+            if matches!(
+                r.status,
+                RowStatus::Updated | RowStatus::Unchanged | RowStatus::Deactivated
+            ) {
                 held.existing += 1;
             }
             if r.action.contains("deactivate") {
                 held.deactivations += 1;
             }
-            if r.status == RowStatus::Updated && r.action != "deactivate" {
+            if matches!(r.status, RowStatus::Updated | RowStatus::Deactivated)
+                && r.action != "deactivate"
+            {
                 held.updates += 1;
             }
             Ok(())
@@ -250,8 +256,9 @@ pub async fn run(
             RowStatus::Invalid => counts.invalid += 1,
             RowStatus::Failed => counts.failed += 1,
             RowStatus::Unconfirmed => counts.unconfirmed += 1,
+            RowStatus::Deactivated if r.line > 0 => counts.deactivated_by_state += 1,
             RowStatus::Deactivated => {
-                // Not a row of the file.
+                // Full sync: not a row of the file.
                 counts.rows -= 1;
                 counts.deactivated += 1;
             }
@@ -387,7 +394,7 @@ async fn one_row(
             }
             return Ok(RowResult {
                 line: input.line,
-                username: shown,
+                username: username.clone(),
                 action: "none".into(),
                 status: RowStatus::Unchanged,
                 message: "same as at the last import: not sent".into(),
@@ -412,7 +419,8 @@ async fn one_row(
         }
     }
     if options.full_sync && ok {
-        store.manage(tenant, &r.username).await?;
+        // Managed under the name it has now (the new one after a rename).
+        store.manage(tenant, &shown).await?;
     }
     Ok(r)
 }
@@ -460,23 +468,22 @@ fn reader(
 struct FirstPass {
     template: Template,
     rows: u64,
+    /// Rows refused from the file alone: by validation, or for a username that appears in more
+    /// than one row. The same notion as the final `invalid` count.
     invalid: u64,
+    /// Of `invalid`: rows refused for a duplicated username.
+    duplicate_rows: u64,
     /// Valid rows.
     valid: u64,
     /// Valid rows asking for `Deactivated`.
     deactivate_rows: u64,
     /// Rows whose username cannot be read (full sync then deactivates nobody).
     nameless: u64,
-    /// Hashes of usernames (lowercase) that appear in more than one row.
-    duplicates: HashSet<u64>,
-    /// With full sync: hashes of every username and new username of the file, valid or not.
-    file_users: HashSet<u64>,
-}
-
-fn key_hash(username: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    username.to_lowercase().hash(&mut h);
-    h.finish()
+    /// Hashes of usernames (lowercase) that appear in more than one row, sorted.
+    duplicates: Vec<u64>,
+    /// With full sync: every username and new username of the file, valid or not (taken by
+    /// full sync once, see [`full_sync::absent_users`]).
+    file_users: Option<NameSpill>,
 }
 
 fn header_of<R: std::io::Read>(rdr: &mut BoundedReader<R>) -> Result<Vec<String>, ImportError> {
@@ -493,6 +500,9 @@ fn header_of<R: std::io::Read>(rdr: &mut BoundedReader<R>) -> Result<Vec<String>
         Some(Item::NotUtf8 { .. }) => {
             Err(ImportError::Unreadable("the header row is not text".into()))
         }
+        Some(Item::UnterminatedQuote { quote_line, .. }) => Err(ImportError::Unreadable(format!(
+            "the quote opened on line {quote_line} is never closed"
+        ))),
     }
 }
 
@@ -503,12 +513,27 @@ fn item_error(item: &Item) -> Option<RowError> {
         Item::TooLong { limit, .. } => format!("the row is longer than {limit} bytes"),
         Item::TooManyFields { .. } => format!("the row has more than {} cells", reader::MAX_FIELDS),
         Item::NotUtf8 { .. } => "the row is not valid text".into(),
+        Item::UnterminatedQuote { quote_line, .. } => format!(
+            "the quote (\") opened on line {quote_line} is never closed, so the rest of the file was read as one cell and not imported: close the quote or remove it"
+        ),
     };
     Some(RowError {
         line: item.line(),
         username: String::new(),
         message,
     })
+}
+
+/// The names a valid row claims: its username, and its new username unless that is the same
+/// name in another case (a case-only rename claims no second name).
+fn claimed_names(input: &row::RowInput) -> (u64, Option<u64>) {
+    let first = key_hash(&input.username);
+    let second = input
+        .new_username
+        .as_deref()
+        .map(key_hash)
+        .filter(|h| *h != first);
+    (first, second)
 }
 
 fn first_pass(
@@ -519,14 +544,14 @@ fn first_pass(
 ) -> Result<FirstPass, ImportError> {
     let mut rdr = reader(file, delimiter, params.max_record_bytes)?;
     let template = Template::from_header(&header_of(&mut rdr)?, fields)?;
-    // One 64-bit hash per name: a million rows take ~17 MiB; a collision (odds ~1e-8 at a
-    // million rows) only flags two rows for review. Names seen twice also go to `dups`.
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut dups: HashSet<u64> = HashSet::new();
+    // Bounded memory (see `names`): the names of valid rows for the duplicate check, the rows
+    // naming two users for an exact count, and with full sync every name of the file.
+    let mut claimed = NameSpill::default();
+    let mut pairs = PairSpill::default();
+    let full_sync = params.options.full_sync;
+    let mut file_users = full_sync.then(NameSpill::default);
     let (mut rows, mut invalid) = (0u64, 0u64);
     let (mut valid, mut deactivate_rows, mut nameless) = (0u64, 0u64, 0u64);
-    let mut file_users: HashSet<u64> = HashSet::new();
-    let full_sync = params.options.full_sync;
     while let Some(item) = rdr.next_item()? {
         rows += 1;
         if rows > params.max_rows {
@@ -545,15 +570,16 @@ fn first_pass(
                 if input.state == Some(row::StateChange::Deactivate) {
                     deactivate_rows += 1;
                 }
-                let mut names = vec![input.username.as_str()];
-                names.extend(input.new_username.as_deref());
-                for n in names {
-                    let h = key_hash(n);
-                    if full_sync {
-                        file_users.insert(h);
-                    }
-                    if !seen.insert(h) {
-                        dups.insert(h);
+                let (first, second) = claimed_names(&input);
+                claimed.push(first)?;
+                if let Some(second) = second {
+                    claimed.push(second)?;
+                    pairs.push(first, second)?;
+                }
+                if let Some(all) = &mut file_users {
+                    all.push(first)?;
+                    if let Some(second) = second {
+                        all.push(second)?;
                     }
                 }
             }
@@ -561,8 +587,8 @@ fn first_pass(
                 invalid += 1;
                 if e.username.is_empty() {
                     nameless += 1;
-                } else if full_sync {
-                    file_users.insert(key_hash(&e.username));
+                } else if let Some(all) = &mut file_users {
+                    all.push(key_hash(&e.username))?;
                     // An invalid row's New username cell may name the user too.
                     if let Some(new) = template
                         .columns
@@ -572,21 +598,24 @@ fn first_pass(
                         .map(|c| c.trim())
                         .filter(|c| !c.is_empty())
                     {
-                        file_users.insert(key_hash(new));
+                        all.push(key_hash(new))?;
                     }
                 }
             }
         }
     }
-    drop(seen);
+    let (duplicates, occurrences) = claimed.duplicates()?;
+    // Each row claims at most two names: a row with both of them duplicated counted twice.
+    let duplicate_rows = occurrences - pairs.both_in(&duplicates)?;
     Ok(FirstPass {
         template,
         rows,
-        invalid,
-        valid,
+        invalid: invalid + duplicate_rows,
+        duplicate_rows,
+        valid: valid - duplicate_rows,
         deactivate_rows,
         nameless,
-        duplicates: dups,
+        duplicates,
         file_users,
     })
 }
@@ -597,7 +626,7 @@ fn second_pass(
     max_record_bytes: usize,
     template: &Template,
     options: &ImportOptions,
-    duplicates: &HashSet<u64>,
+    duplicates: &[u64],
     tx: &mpsc::Sender<Result<row::RowInput, RowError>>,
 ) -> Result<(), ImportError> {
     let mut rdr = reader(file, delimiter, max_record_bytes)?;
@@ -609,9 +638,13 @@ fn second_pass(
                 let line = *line;
                 let cells: Vec<&str> = fields.iter().map(String::as_str).collect();
                 row::validate(line, &cells, template, options).and_then(|input| {
-                    let mut names = vec![input.username.as_str()];
-                    names.extend(input.new_username.as_deref());
-                    match names.into_iter().find(|u| duplicates.contains(&key_hash(u))) {
+                    let (first, second) = claimed_names(&input);
+                    let dup = [Some((first, &input.username)), second.zip(input.new_username.as_ref())]
+                        .into_iter()
+                        .flatten()
+                        .find(|(h, _)| duplicates.binary_search(h).is_ok())
+                        .map(|(_, name)| name);
+                    match dup {
                         Some(dup) => Err(RowError {
                             line,
                             username: input.username.clone(),

@@ -1,7 +1,10 @@
 //! A CSV reader with bounded memory: records are parsed by `csv-core` into a fixed buffer of
 //! `max_record_bytes`; a record that does not fit (or has more than `MAX_FIELDS` cells) is skipped
-//! to its end and reported as too long, never buffered whole. Blank lines are skipped. Line numbers
-//! are those of the line where each record starts (1-based), as a spreadsheet shows them.
+//! to its end and reported as too long, never buffered whole. Blank lines, and lines holding only
+//! white space, are skipped. Line numbers are those of the line where each record starts (1-based),
+//! as a spreadsheet shows them, whatever the line ending: LF, CRLF or a lone CR (old Mac exports)
+//! each end one line. A quote that is never closed swallows the rest of the file into one record:
+//! that record is reported as [`Item::UnterminatedQuote`] naming the line where the quote opened.
 
 use std::io::Read;
 
@@ -13,10 +16,26 @@ pub const MAX_FIELDS: usize = 512;
 /// One record, or why it could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    Record { line: u64, fields: Vec<String> },
-    TooLong { line: u64, limit: usize },
-    TooManyFields { line: u64 },
-    NotUtf8 { line: u64 },
+    Record {
+        line: u64,
+        fields: Vec<String>,
+    },
+    TooLong {
+        line: u64,
+        limit: usize,
+    },
+    TooManyFields {
+        line: u64,
+    },
+    NotUtf8 {
+        line: u64,
+    },
+    /// A quoted cell opened on `quote_line` and still open at the end of the file: everything
+    /// from there on was read as that one cell.
+    UnterminatedQuote {
+        line: u64,
+        quote_line: u64,
+    },
 }
 
 impl Item {
@@ -25,7 +44,8 @@ impl Item {
             Item::Record { line, .. }
             | Item::TooLong { line, .. }
             | Item::TooManyFields { line }
-            | Item::NotUtf8 { line } => *line,
+            | Item::NotUtf8 { line }
+            | Item::UnterminatedQuote { line, .. } => *line,
         }
     }
 }
@@ -41,8 +61,26 @@ pub struct BoundedReader<R> {
     ends: Vec<usize>,
     scratch: Vec<u8>,
     scratch_ends: Vec<usize>,
-    /// Newlines consumed so far: gives each record's starting line.
+    /// Line breaks consumed so far: gives each record's starting line.
     newlines: u64,
+    /// The last byte consumed was a CR: a LF right after it ends no further line.
+    after_cr: bool,
+    delimiter: u8,
+    /// Where the current record's parse stands, as far as quotes are concerned.
+    quote: QuoteState,
+    /// The line where the current record's open quote (if any) started.
+    quote_line: u64,
+}
+
+/// A shadow of `csv-core`'s quoting rules (a quote opens a cell only as its first byte; `""`
+/// inside is a literal quote), kept only to know whether a record ended inside a quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    StartOfCell,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted cell: closes it, unless another quote follows.
+    QuoteInQuoted,
 }
 
 impl<R> std::fmt::Debug for BoundedReader<R> {
@@ -67,6 +105,39 @@ impl<R: Read> BoundedReader<R> {
             scratch: vec![0; 4096],
             scratch_ends: vec![0; 64],
             newlines: 0,
+            after_cr: false,
+            delimiter,
+            quote: QuoteState::StartOfCell,
+            quote_line: 0,
+        }
+    }
+
+    /// Accounts for bytes the parser consumed: line breaks (LF, CRLF and a lone CR count one
+    /// each) and the quote state.
+    fn consumed(&mut self, bytes_start: usize, n: usize) {
+        for i in bytes_start..bytes_start + n {
+            let b = self.buf[i];
+            let line_break = match b {
+                b'\n' => !self.after_cr,
+                b'\r' => true,
+                _ => false,
+            };
+            if line_break {
+                self.newlines += 1;
+            }
+            self.after_cr = b == b'\r';
+            self.quote = match (self.quote, b) {
+                (QuoteState::StartOfCell, b'"') => {
+                    self.quote_line = self.newlines + 1;
+                    QuoteState::Quoted
+                }
+                (QuoteState::Quoted, b'"') => QuoteState::QuoteInQuoted,
+                (QuoteState::Quoted, _) => QuoteState::Quoted,
+                (QuoteState::QuoteInQuoted, b'"') => QuoteState::Quoted,
+                (_, b'\r' | b'\n') => QuoteState::StartOfCell,
+                (_, d) if d == self.delimiter => QuoteState::StartOfCell,
+                _ => QuoteState::Unquoted,
+            };
         }
     }
 
@@ -89,15 +160,15 @@ impl<R: Read> BoundedReader<R> {
             loop {
                 self.fill()?;
                 match self.buf[self.pos..self.len].first() {
-                    Some(b'\n') => {
-                        self.newlines += 1;
+                    Some(b'\n' | b'\r') => {
+                        self.consumed(self.pos, 1);
                         self.pos += 1;
                     }
-                    Some(b'\r') => self.pos += 1,
                     _ => break,
                 }
             }
             let line = self.newlines + 1;
+            self.quote = QuoteState::StartOfCell;
             let (mut nout, mut nend) = (0usize, 0usize);
             let mut overflow: Option<Item> = None;
             loop {
@@ -110,7 +181,7 @@ impl<R: Read> BoundedReader<R> {
                     self.core
                         .read_record(input, &mut self.out[nout..], &mut self.ends[nend..])
                 };
-                self.newlines += input[..nin].iter().filter(|&&b| b == b'\n').count() as u64;
+                self.consumed(self.pos, nin);
                 self.pos += nin;
                 if overflow.is_none() {
                     nout += o;
@@ -131,11 +202,23 @@ impl<R: Read> BoundedReader<R> {
                     ReadRecordResult::End => return Ok(None),
                 }
             }
+            // Ended by the end of the file inside a quote: the quote, not the size, is the news.
+            if self.quote == QuoteState::Quoted && self.eof && self.pos == self.len {
+                return Ok(Some(Item::UnterminatedQuote {
+                    line,
+                    quote_line: self.quote_line,
+                }));
+            }
             if let Some(item) = overflow {
                 return Ok(Some(item));
             }
-            // A blank line parses as one empty field: not a record.
-            if nend == 1 && self.ends[0] == 0 {
+            // A blank line parses as one empty field, a line of spaces as one blank field: not
+            // records.
+            if nend == 1
+                && self.out[..self.ends[0]]
+                    .iter()
+                    .all(|b| matches!(b, b' ' | b'\t'))
+            {
                 continue;
             }
             let mut fields = Vec::with_capacity(nend);
@@ -217,9 +300,73 @@ mod tests {
     }
 
     #[test]
-    fn an_unterminated_quote_ends_at_the_end_of_the_file() {
-        let got = items(b"a\n\"never closed\nmore\n", 1024);
-        assert_eq!(got.len(), 2);
+    fn an_unterminated_quote_is_named_with_the_line_it_opened_on() {
+        let got = items(b"a,b\nx,y\nz,\"never closed\nmore\n", 1024);
+        assert_eq!(
+            got,
+            vec![
+                rec(1, &["a", "b"]),
+                rec(2, &["x", "y"]),
+                Item::UnterminatedQuote {
+                    line: 3,
+                    quote_line: 3
+                },
+            ]
+        );
+        // Over the size limit too: the quote is what the admin must fix.
+        let mut text = b"a\n\"".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 10_000));
+        let got = items(&text, 64);
+        assert_eq!(
+            got[1],
+            Item::UnterminatedQuote {
+                line: 2,
+                quote_line: 2
+            }
+        );
+        // A quote closed by the last byte, and a literal quote mid-cell, are not unterminated.
+        assert_eq!(items(b"a\n\"ok\"", 64)[1], rec(2, &["ok"]));
+        assert_eq!(items(b"a\nO\"Brien\n", 64)[1], rec(2, &["O\"Brien"]));
+    }
+
+    #[test]
+    fn every_line_ending_counts_one_line() {
+        let lf = items(b"a,b\nc,d\ne,f\n", 1024);
+        let crlf = items(b"a,b\r\nc,d\r\ne,f\r\n", 1024);
+        let cr = items(b"a,b\rc,d\re,f\r", 1024);
+        let want = vec![
+            rec(1, &["a", "b"]),
+            rec(2, &["c", "d"]),
+            rec(3, &["e", "f"]),
+        ];
+        assert_eq!(lf, want);
+        assert_eq!(crlf, want);
+        assert_eq!(cr, want);
+        // Blank lines and quoted line breaks, lone CRs throughout.
+        let got = items(b"a,b\r\r\"x\ry\",z\r\rc,d", 1024);
+        assert_eq!(
+            got,
+            vec![
+                rec(1, &["a", "b"]),
+                rec(3, &["x\ry", "z"]),
+                rec(6, &["c", "d"])
+            ]
+        );
+        // CRLF split across the reader's buffer still counts once.
+        let mut text = "h\n".to_string();
+        while text.len() < 64 * 1024 - 1 {
+            text.push_str("x\n");
+        }
+        let before = text.matches('\n').count() as u64;
+        text.push_str("\r\nlast\n");
+        let got = items(text.as_bytes(), 1024);
+        assert_eq!(got.last(), Some(&rec(before + 2, &["last"])));
+    }
+
+    #[test]
+    fn a_line_of_white_space_is_blank() {
+        let got = items(b"a,b\n   \n\t \nc,d\n", 1024);
+        assert_eq!(got, vec![rec(1, &["a", "b"]), rec(4, &["c", "d"])]);
     }
 }
 

@@ -1,20 +1,17 @@
-//! Archive: after an import, the exact bytes that were imported (the local copy, whose SHA1 is the
+//! Stage archive: after an import, the exact bytes that were imported (the local copy, whose SHA1 is the
 //! marker's) are uploaded to `/archive/user-import-<UTC time>-<short SHA1>.csv`, and archived files
 //! older than the tenant's retention are deleted. `/uploads/user-import.csv` stays in place: the
 //! tenant overwrites it with the next version, and its marker keeps it from being imported twice.
 //! Only files named as this stage names them are ever deleted; the age is read from the name, so
 //! it does not depend on the server's clock or on MDTM.
 
-use std::path::Path;
-
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use shared::Sha1Digest;
 
-use super::fetch::Fetched;
-use super::log::TenantLog;
-use crate::account::{Account, AccountError};
-
-pub const ARCHIVE_DIR: &str = "/archive";
+use super::Step;
+use crate::job::JobRun;
+use crate::layout::ARCHIVE_DIR;
+use crate::outcome::JobError;
 const PREFIX: &str = "user-import-";
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
@@ -44,74 +41,51 @@ pub fn expired(names: &[String], now: DateTime<Utc>, retention_days: u32) -> Vec
         .collect()
 }
 
-/// What the archive stage did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Archived {
-    pub path: String,
-    pub deleted: Vec<String>,
+/// Whether this run archives: an import (not a dry run) of a tenant that keeps an archive.
+pub fn applies(job: &JobRun<'_>) -> bool {
+    !job.found.plan.dry_run && job.tenant().files.archive_retention_days > 0
 }
 
-/// Archives `local` and prunes the archive; `retention_days` must be above 0.
-pub async fn archive(
-    session: &mut dyn Account,
-    local: &Path,
-    at: DateTime<Utc>,
-    sha1: &Sha1Digest,
-    retention_days: u32,
-) -> Result<Archived, AccountError> {
-    session.mkdir(ARCHIVE_DIR).await?;
-    let path = format!("{ARCHIVE_DIR}/{}", archive_name(at, sha1));
-    let mut file = tokio::fs::File::open(local).await?;
-    session.upload(&path, &mut file).await?;
-    let names = session.list(ARCHIVE_DIR).await?;
-    let mut deleted = Vec::new();
-    for name in expired(&names, at, retention_days) {
-        session.remove(&format!("{ARCHIVE_DIR}/{name}")).await?;
-        deleted.push(name);
+/// The import is done and marked: archive trouble is logged, never fails the job.
+pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let retention_days = job.tenant().files.archive_retention_days;
+    if job.gate().check().is_err() {
+        job.log("not archived: the job was stopped after the import was done");
+        return Ok(Step::Next);
     }
-    Ok(Archived { path, deleted })
-}
-
-/// Archives the fetched file and writes what happened to the tenant log; returns the archive's
-/// path. Nothing is done for a job stopped meanwhile (its import is done; only the copy is
-/// missed).
-pub async fn archive_logged(
-    session: &mut dyn Account,
-    fetched: &Fetched,
-    at: DateTime<Utc>,
-    retention_days: u32,
-    log: &TenantLog,
-    cancel: &dyn crate::import::StopCheck,
-) -> Option<String> {
-    if cancel.should_stop() {
-        log.line("not archived: the job was stopped after the import was done");
-        return None;
-    }
-    match archive(
-        session,
-        fetched.file.path(),
-        at,
-        &fetched.sha1,
-        retention_days,
-    )
-    .await
-    {
-        Ok(done) => {
-            log.line(format!("archived: {}", done.path));
-            if !done.deleted.is_empty() {
-                log.line(format!(
+    match archive(job, retention_days).await {
+        Ok((path, deleted)) => {
+            job.log(format!("archived: {path}"));
+            if !deleted.is_empty() {
+                job.log(format!(
                     "archive: deleted {} file(s) older than {retention_days} days: {}",
-                    done.deleted.len(),
-                    done.deleted.join(", ")
+                    deleted.len(),
+                    deleted.join(", ")
                 ));
             }
-            Some(done.path)
+            job.record.archive_path = Some(path);
         }
-        Err(e) => {
-            log.line(format!("the file could not be archived: {e}"));
-            None
-        }
+        Err(e) => job.log(format!("the file could not be archived: {e}")),
     }
+    Ok(Step::Next)
+}
+
+/// Archives the run's file and prunes the archive; returns the copy's path and what was deleted.
+async fn archive(job: &JobRun<'_>, retention_days: u32) -> Result<(String, Vec<String>), JobError> {
+    let Some(file) = &job.found.file else {
+        return Ok((String::new(), Vec::new()));
+    };
+    let at = job.record.started_at;
+    job.mkdir(ARCHIVE_DIR).await?;
+    let path = format!("{ARCHIVE_DIR}/{}", archive_name(at, &file.sha1));
+    job.put_file(&path, file.file.path()).await?;
+    let names = job.list(ARCHIVE_DIR).await?;
+    let mut deleted = Vec::new();
+    for name in expired(&names, at, retention_days) {
+        job.remove(&format!("{ARCHIVE_DIR}/{name}")).await?;
+        deleted.push(name);
+    }
+    Ok((path, deleted))
 }
 
 #[cfg(test)]

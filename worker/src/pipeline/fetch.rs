@@ -1,68 +1,86 @@
-//! Fetch: stream `/uploads/user-import.csv` to a local temporary file, hashing it on the way (one
-//! pass, a fixed-size buffer), refusing files over the size limit before and during the transfer.
+//! Stage fetch: stream `/uploads/user-import.csv` to a local temporary file, hashing it on the way
+//! (one pass, a fixed-size buffer: [`crate::account::fetch_file`]), refusing files over the size
+//! limit before and during the transfer. A first look at the file's size and time is taken before the download, for the
+//! settle check.
 
-use std::path::Path;
+use super::Step;
+use crate::account::AccountError;
+use crate::job::record::FileSummary;
+use crate::job::{JobRun, LocalFile, Plan, account_error};
+use crate::layout::UPLOAD_PATH;
+use crate::outcome::{JobError, Outcome, Retryable};
 
-use sha1::{Digest, Sha1};
-use shared::Sha1Digest;
-use tokio::io::BufWriter;
-
-use crate::account::{Account, AccountError};
-
-pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
-pub const UPLOAD_DIR: &str = "/uploads";
-/// A file uploaded under this name is verified only (never imported), once per version.
-pub const VERIFY_UPLOAD_PATH: &str = "/uploads/user-import.verify.csv";
-/// With `skip_unchanged`: its presence makes the next import send every row (then it is removed).
-pub const FULL_FLAG_NAME: &str = "user-import.full";
-
-pub fn full_flag_path() -> String {
-    format!("{UPLOAD_DIR}/{FULL_FLAG_NAME}")
+pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let Some(stat) = job.stat(UPLOAD_PATH).await? else {
+        return Ok(Step::Finish(Outcome::NoFile));
+    };
+    job.found.first_look = Some((stat, tokio::time::Instant::now()));
+    let Some(file) = fetch(job, UPLOAD_PATH).await.map_err(account_error)? else {
+        return Ok(Step::Finish(Outcome::NoFile));
+    };
+    tracing::Span::current().record("file.size", file.size);
+    found(job, UPLOAD_PATH, file);
+    job.found.plan = Plan {
+        source: UPLOAD_PATH,
+        dry_run: job.tenant().import.verify_only,
+        ..Plan::default()
+    };
+    Ok(Step::Next)
 }
 
-/// The local copy of the tenant's file.
-#[derive(Debug)]
-pub struct Fetched {
-    pub file: tempfile::NamedTempFile,
-    pub size: u64,
-    pub sha1: Sha1Digest,
+/// The file is the run's: recorded and logged.
+pub fn found(job: &mut JobRun<'_>, path: &'static str, file: LocalFile) {
+    job.log(format!(
+        "file found: {path}, {} bytes, SHA1 {}",
+        file.size, file.sha1
+    ));
+    job.record.file = Some(FileSummary {
+        path,
+        size: file.size,
+        sha1: Some(file.sha1.to_string()),
+        ..Default::default()
+    });
+    job.found.file = Some(file);
 }
 
-/// `Ok(None)`: there is no file at `/uploads/user-import.csv`.
-pub async fn fetch(
-    session: &mut dyn Account,
-    max_bytes: u64,
-    work_dir: &Path,
-) -> Result<Option<Fetched>, AccountError> {
-    fetch_from(session, UPLOAD_PATH, max_bytes, work_dir).await
+/// Fetches a file that must not hold the run up: one over the limit is said in the log and left.
+pub async fn fetch_logged(job: &JobRun<'_>, path: &str) -> Result<Option<LocalFile>, JobError> {
+    match fetch(job, path).await {
+        Ok(f) => Ok(f),
+        Err(AccountError::TooLarge { limit }) => {
+            job.log(format!(
+                "{path} is larger than the limit of {limit} bytes: not verified"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(account_error(e)),
+    }
 }
 
 /// `Ok(None)`: there is no file at `path`.
-pub async fn fetch_from(
-    session: &mut dyn Account,
-    path: &str,
-    max_bytes: u64,
-    work_dir: &Path,
-) -> Result<Option<Fetched>, AccountError> {
-    // SIZE first: a file over the limit is refused without moving a byte.
-    match session.size(path).await? {
-        None => return Ok(None),
-        Some(size) if size > max_bytes => return Err(AccountError::TooLarge { limit: max_bytes }),
-        Some(_) => {}
-    }
-    let file = tempfile::Builder::new()
-        .prefix("user-import-")
-        .suffix(".csv")
-        .tempfile_in(work_dir)?;
-    let mut out = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file.reopen()?));
-    let mut hasher = Sha1::new();
-    let size = session
-        .download(path, &mut out, max_bytes, &mut |chunk| hasher.update(chunk))
-        .await?;
-    let Some(size) = size else {
-        // Deleted between SIZE and RETR.
-        return Ok(None);
-    };
-    let sha1 = Sha1Digest::from_bytes(hasher.finalize().into());
-    Ok(Some(Fetched { file, size, sha1 }))
+pub async fn fetch(job: &JobRun<'_>, path: &str) -> Result<Option<LocalFile>, AccountError> {
+    job.fetch_file(path, max_file_bytes(job), &work_dir(job))
+        .await
+}
+
+/// The tenant's file size limit (never above the fleet's).
+fn max_file_bytes(job: &JobRun<'_>) -> u64 {
+    let fleet = job.settings().import.max_file_bytes;
+    job.tenant()
+        .limits
+        .max_file_bytes
+        .map_or(fleet, |l| l.min(fleet))
+}
+
+/// Where local copies go.
+pub fn work_dir(job: &JobRun<'_>) -> std::path::PathBuf {
+    job.settings()
+        .work_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// A local temporary file could not be made.
+pub fn local_io(e: std::io::Error) -> JobError {
+    Retryable::Io(e.to_string()).into()
 }

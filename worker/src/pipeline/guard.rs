@@ -1,20 +1,22 @@
-//! The mass-change guard's state on the tenant's FTPS account (see docs/tenant-admin.md):
+//! Stage guard, the mass-change guard's state on the tenant's account (see docs/tenant-admin.md):
 //! - `/tmp/<sha1>.held`: this version of the file was held; it holds the counts found;
 //! - `/uploads/user-import.confirm`: the admin's confirmation, a text file holding the SHA1 quoted
 //!   in the email. With it, the next run imports the held file; both files are then removed.
 //!
 //! While a file is held and not confirmed, each run stops here without any API call and without
-//! emailing again.
+//! emailing again. The import decides whether a new file is held; [`hold`] then leaves the held
+//! marker and tells the admin.
 
 use shared::Sha1Digest;
 use shared::registry::Tenant;
 
-use crate::account::{self, Account, AccountError};
-use crate::email::Mailer;
+use super::Step;
+use crate::account::AccountError;
 use crate::import::Held;
-use crate::pipeline::hash::MARKER_DIR;
+use crate::job::{JobRun, Mail, account_error};
+use crate::layout::{CONFIRM_PATH, FULL_FLAG_NAME, MARKER_DIR, UPLOAD_DIR};
+use crate::outcome::{JobError, Outcome, Retryable};
 
-pub const CONFIRM_PATH: &str = "/uploads/user-import.confirm";
 /// A confirmation file larger than this is not read (it only needs to hold a SHA1).
 const CONFIRM_MAX_BYTES: u64 = 4096;
 
@@ -74,44 +76,109 @@ pub enum State {
     Confirmed,
 }
 
-pub async fn state(session: &mut dyn Account, sha1: &Sha1Digest) -> Result<State, AccountError> {
-    if !account::exists_in(session, MARKER_DIR, &held_name(sha1)).await? {
+/// Whether the guard looks at this run: it is on, and the run may write.
+pub fn applies(job: &JobRun<'_>) -> bool {
+    let options = &job.tenant().import;
+    !job.found.plan.dry_run && (options.mass_change_guard.enabled || options.skip_unchanged)
+}
+
+/// A held file waits for the admin's confirmation, without API calls; a confirmed one is
+/// imported. With `skip_unchanged`, the full-push flag is read here too.
+pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let sha1 = match &job.found.file {
+        Some(f) => f.sha1.clone(),
+        None => return Err(Retryable::WorkerFault("guard before fetch".into()).into()),
+    };
+    if job.tenant().import.mass_change_guard.enabled {
+        match state(job, &sha1).await? {
+            State::Open => {}
+            State::Confirmed => job.found.plan.confirmed = true,
+            State::Held(h) => {
+                job.log("this file is held by the mass-change guard and not confirmed yet");
+                return Ok(Step::Finish(Outcome::Held {
+                    sha1: sha1.to_string(),
+                    deactivations: h.deactivations,
+                    updates: h.updates,
+                    existing: h.existing,
+                    email_sent: false,
+                }));
+            }
+        }
+    }
+    job.found.plan.force_full =
+        job.tenant().import.skip_unchanged && job.exists(UPLOAD_DIR, FULL_FLAG_NAME).await?;
+    Ok(Step::Next)
+}
+
+async fn state(job: &JobRun<'_>, sha1: &Sha1Digest) -> Result<State, JobError> {
+    if !job.exists(MARKER_DIR, &held_name(sha1)).await? {
         return Ok(State::Open);
     }
-    let confirmed = account::read_small(session, CONFIRM_PATH, CONFIRM_MAX_BYTES)
+    let confirmed = job
+        .read_small(CONFIRM_PATH, CONFIRM_MAX_BYTES)
         .await
         .or_else(|e| match e {
             // Larger than a confirmation can be: not one.
             AccountError::TooLarge { .. } => Ok(None),
             other => Err(other),
-        })?
+        })
+        .map_err(account_error)?
         .is_some_and(|b| confirms(&String::from_utf8_lossy(&b), sha1));
     if confirmed {
         return Ok(State::Confirmed);
     }
-    let text = account::read_small(session, &held_path(sha1), CONFIRM_MAX_BYTES)
-        .await?
+    let text = job
+        .read_small(&held_path(sha1), CONFIRM_MAX_BYTES)
+        .await
+        .map_err(account_error)?
         .unwrap_or_default();
     Ok(State::Held(parse_held(&String::from_utf8_lossy(&text))))
 }
 
-pub async fn write_held(
-    session: &mut dyn Account,
-    sha1: &Sha1Digest,
-    h: &Held,
-) -> Result<(), AccountError> {
-    session.mkdir(MARKER_DIR).await?;
-    let contents = held_contents(h);
-    session
-        .upload(&held_path(sha1), &mut contents.as_bytes())
-        .await
-        .map(|_| ())
+/// The import held the file: the held marker goes on the account (so the next runs wait without
+/// API calls) and the admin is told how to confirm.
+pub async fn hold(job: &JobRun<'_>, h: Held) -> Result<Step, JobError> {
+    let Some(file) = &job.found.file else {
+        return Err(Retryable::WorkerFault("hold before fetch".into()).into());
+    };
+    job.mkdir(MARKER_DIR).await?;
+    job.put_bytes(&held_path(&file.sha1), held_contents(&h).as_bytes())
+        .await?;
+    job.log(format!(
+        "held: /tmp/{} written; nothing was changed",
+        held_name(&file.sha1)
+    ));
+    let mail = Mail {
+        subject: subject(job.tenant(), &h),
+        body: body(job.tenant(), &h, &file.sha1, file.size),
+        attachment: None,
+    };
+    let email_sent = match job.email(mail).await {
+        Ok(()) => {
+            job.log(format!(
+                "the nominated admin ({}) was emailed how to confirm",
+                job.tenant().admin.username
+            ));
+            true
+        }
+        Err(why) => {
+            job.log(format!("the held email could not be sent: {why}"));
+            false
+        }
+    };
+    Ok(Step::Finish(Outcome::Held {
+        sha1: file.sha1.to_string(),
+        deactivations: h.deactivations,
+        updates: h.updates,
+        existing: h.existing,
+        email_sent,
+    }))
 }
 
 /// After the confirmed file was imported: the held marker and the confirmation go.
-pub async fn clear(session: &mut dyn Account, sha1: &Sha1Digest) -> Result<(), AccountError> {
-    session.remove(&held_path(sha1)).await?;
-    session.remove(CONFIRM_PATH).await
+pub async fn clear(job: &JobRun<'_>, sha1: &Sha1Digest) -> Result<(), JobError> {
+    job.remove(&held_path(sha1)).await?;
+    job.remove(CONFIRM_PATH).await
 }
 
 pub fn subject(tenant: &Tenant, h: &Held) -> String {
@@ -143,26 +210,6 @@ pub fn body(tenant: &Tenant, h: &Held, sha1: &Sha1Digest, size: u64) -> String {
         up = g.max_update_percent,
         e = h.existing,
     )
-}
-
-/// Emails the admin that the file is held; `Err` carries why.
-pub async fn email(
-    mailer: &Mailer,
-    tenant: &Tenant,
-    h: &Held,
-    sha1: &Sha1Digest,
-    size: u64,
-) -> Result<(), String> {
-    mailer
-        .send(
-            &tenant.admin.email,
-            &subject(tenant, h),
-            body(tenant, h, sha1, size),
-            None,
-            3,
-        )
-        .await
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,70 +1,63 @@
-//! Hash: the file's SHA1 (computed while fetching) names a marker in the tenant's `/tmp`. A marker
-//! present means this exact version was processed; deleting it forces the next run to import
-//! again. The marker holds `<sha1>  user-import.csv`, the `sha1sum` format, so `sha1sum -c` works
-//! on a copy of the file.
+//! Stage hash: the file's SHA1 (computed while fetching) names a marker in the tenant's `/tmp`. A
+//! marker present means this exact version was processed; deleting it forces the next run to
+//! import again. The marker holds `<sha1>  user-import.csv`, the `sha1sum` format, so `sha1sum -c`
+//! works on a copy of the file. A verify-only run's marker is `<sha1>.verified`: it keeps the same
+//! file from being verified again, and does not keep it from being imported once verify-only is
+//! turned off.
 
 use shared::Sha1Digest;
 
-use crate::account::{self, Account, AccountError};
+use super::Step;
+use crate::job::JobRun;
+use crate::layout::MARKER_DIR;
+use crate::outcome::{JobError, Outcome, Retryable};
 
-pub const MARKER_DIR: &str = "/tmp";
-
-pub fn marker_name(sha1: &Sha1Digest) -> String {
-    format!("{sha1}.sha1")
-}
-
-/// The marker of a verify-only run is `<sha1>.verified`: it keeps the same file from being
-/// verified again, and does not keep it from being imported once verify-only is turned off.
-pub fn marker_name_for(sha1: &Sha1Digest, verify: bool) -> String {
-    if verify {
+pub fn marker_name(sha1: &Sha1Digest, dry_run: bool) -> String {
+    if dry_run {
         format!("{sha1}.verified")
     } else {
-        marker_name(sha1)
+        format!("{sha1}.sha1")
     }
-}
-
-pub async fn write_marker_for(
-    session: &mut dyn Account,
-    sha1: &Sha1Digest,
-    verify: bool,
-) -> Result<(), AccountError> {
-    if !verify {
-        return write_marker(session, sha1).await;
-    }
-    session.mkdir(MARKER_DIR).await?;
-    let contents = marker_contents(sha1);
-    let path = format!("{MARKER_DIR}/{}", marker_name_for(sha1, true));
-    session
-        .upload(&path, &mut contents.as_bytes())
-        .await
-        .map(|_| ())
-}
-
-pub fn marker_path(sha1: &Sha1Digest) -> String {
-    format!("{MARKER_DIR}/{}", marker_name(sha1))
 }
 
 pub fn marker_contents(sha1: &Sha1Digest) -> String {
     format!("{sha1}  user-import.csv\n")
 }
 
-pub async fn already_processed(
-    session: &mut dyn Account,
-    sha1: &Sha1Digest,
-) -> Result<bool, AccountError> {
-    account::exists_in(session, MARKER_DIR, &marker_name(sha1)).await
+pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let (sha1, dry_run) = match &job.found.file {
+        Some(f) => (f.sha1.clone(), job.found.plan.dry_run),
+        None => return Err(Retryable::WorkerFault("hash before fetch".into()).into()),
+    };
+    let span = tracing::Span::current();
+    span.record("file.sha1", sha1.to_string());
+    let marker = marker_name(&sha1, dry_run);
+    let seen = job.exists(MARKER_DIR, &marker).await?;
+    span.record("already_processed", seen);
+    if !seen {
+        return Ok(Step::Next);
+    }
+    if dry_run {
+        job.log(format!(
+            "verify only: this file was verified before (/tmp/{marker})"
+        ));
+    }
+    Ok(Step::Finish(Outcome::AlreadyProcessed {
+        sha1: sha1.to_string(),
+    }))
 }
 
+/// Writes the file's marker (after its report).
 pub async fn write_marker(
-    session: &mut dyn Account,
+    job: &JobRun<'_>,
     sha1: &Sha1Digest,
-) -> Result<(), AccountError> {
-    session.mkdir(MARKER_DIR).await?;
-    let contents = marker_contents(sha1);
-    session
-        .upload(&marker_path(sha1), &mut contents.as_bytes())
+    dry_run: bool,
+) -> Result<(), JobError> {
+    job.mkdir(MARKER_DIR).await?;
+    let path = format!("{MARKER_DIR}/{}", marker_name(sha1, dry_run));
+    job.put_bytes(&path, marker_contents(sha1).as_bytes())
         .await
-        .map(|_| ())
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -74,7 +67,11 @@ mod tests {
     #[test]
     fn the_marker_is_in_sha1sum_format() {
         let d = Sha1Digest::from_bytes([1; 20]);
-        assert_eq!(marker_path(&d), format!("/tmp/{}.sha1", "01".repeat(20)));
+        assert_eq!(marker_name(&d, false), format!("{}.sha1", "01".repeat(20)));
+        assert_eq!(
+            marker_name(&d, true),
+            format!("{}.verified", "01".repeat(20))
+        );
         assert_eq!(
             marker_contents(&d),
             format!("{}  user-import.csv\n", "01".repeat(20))

@@ -1,9 +1,11 @@
-//! The pipeline for one job of one tenant: fetch → hash → import → report. [`process_job`] is the
-//! single entry point: the queue consumer calls it, `worker once` calls it, tests call it.
-//! Stages never read the environment or open their own clients: everything comes in [`Deps`].
-//! Around the stages: the upload must have settled before it is imported ([`settle`]), an imported
-//! file is archived ([`archive`]), every run leaves a JSON summary ([`summary`]), and alerts go to
-//! the admin when the account goes quiet or a login is refused ([`crate::alerts`]).
+//! The pipeline of one job of one tenant, as a flat list of stages: verify-upload, fetch, hash,
+//! settle, guard, import, report, archive. Each stage is `async fn(&mut JobRun) -> Step` in its own
+//! file; [`run`] reads as that list. [`process_job`] is the single entry point: the queue consumer
+//! calls it, `worker once` calls it, tests call it. Stages never read the environment or open
+//! their own clients, and they write only through their [`JobRun`].
+//!
+//! Around the stages: the job's log lines and alerts ([`alerting`]), and the run summary
+//! ([`summary`]), all derived from the job's [`RunRecord`].
 
 pub mod alerting;
 pub mod archive;
@@ -11,555 +13,263 @@ pub mod fetch;
 pub mod guard;
 pub mod hash;
 pub mod import;
-pub mod log;
 pub mod report;
 pub mod settle;
-pub mod span;
 pub mod summary;
+pub mod verify_upload;
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use chrono::Utc;
-use shared::job::Trigger;
-use shared::registry::secrets::SecretSource;
-use shared::registry::{Registry, Tenant};
-use shared::settings::Settings;
-use tokio_util::sync::CancellationToken;
+use futures::FutureExt;
+use shared::telemetry;
 use tracing::Instrument;
 use tracing::field::Empty;
-use uuid::Uuid;
 
-use crate::account::{self, Account, AccountError, Connector};
-use crate::alerts::Alerts;
-use crate::email::Mailer;
-use crate::fleet::lock::Lease;
-use crate::import::StopCheck;
-use crate::import::store::ImportStore;
-use crate::metrics::{Stage, WorkerMetrics};
-use crate::outcome::{JobError, Outcome, Permanent, Retryable};
-use crate::platform::PlatformClient;
-use log::{LogTarget, TenantLog};
-use summary::RunSummary;
+pub use crate::deps::Deps;
+use crate::job::record::{self, RunRecord};
+pub use crate::job::{JobContext, JobRun};
+use crate::outcome::{JobError, Outcome, Retryable};
 
-/// Everything a job needs, built once at start-up.
+/// What a stage says: go on, or the job ends here with this outcome.
 #[derive(Debug)]
-pub struct Deps {
-    pub settings: Settings,
-    registry: RwLock<Arc<Registry>>,
-    pub secrets: SecretSource,
-    pub http: reqwest::Client,
-    /// Opens sessions on tenants' accounts.
-    pub accounts: Connector,
-    pub mailer: Mailer,
-    /// What the import remembers per tenant (Redis; connects only when an option needs it).
-    pub store: ImportStore,
-    /// Alert state (Redis, under the fleet's key prefix).
-    pub alerts: Alerts,
-    /// The process's metrics (`/metrics` of `worker run`).
-    pub metrics: Arc<WorkerMetrics>,
+pub enum Step {
+    Next,
+    Finish(Outcome),
 }
 
-impl Deps {
-    pub fn build(
-        settings: Settings,
-        registry: Registry,
-        secrets: SecretSource,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: PlatformClient::http_client(&settings.platform)?,
-            accounts: Connector::from_settings(&settings)?,
-            mailer: Mailer::from_settings(&settings.smtp)?,
-            store: ImportStore::from_settings(&settings.redis)?,
-            alerts: Alerts::from_settings(&settings.redis)?,
-            metrics: Arc::new(WorkerMetrics::default()),
-            registry: RwLock::new(Arc::new(registry)),
-            secrets,
-            settings,
-        })
-    }
-
-    pub fn registry(&self) -> Arc<Registry> {
-        match self.registry.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Swaps in a reloaded registry; jobs already running keep the one they started with.
-    pub fn replace_registry(&self, registry: Registry) {
-        match self.registry.write() {
-            Ok(mut r) => *r = Arc::new(registry),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(registry),
-        }
-    }
+/// The stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    VerifyUpload,
+    Fetch,
+    Hash,
+    Settle,
+    Guard,
+    Import,
+    Report,
+    Archive,
 }
 
-/// Who asked for the job, and the signal to stop it.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    pub job_id: Uuid,
-    pub trigger: Trigger,
-    /// Fires when the job must stop before its next side effect: its tenant lock was lost, it
-    /// ran past its time, or the worker is shutting down. The job then ends as
-    /// `Retryable::Cancelled` and is handed back.
-    pub cancel: CancellationToken,
-    /// The lock's fencing number, when the job runs under a lock; written to the tenant log.
-    pub fence: Option<u64>,
-    /// Until when the tenant lock is known to be ours, when the job runs under a lock: once it
-    /// has run out the job stops before its next side effect, even if no renewal has told it yet
-    /// (a worker resumed after being frozen past the lock's TTL).
-    pub lease: Option<Lease>,
-}
+pub const PIPELINE: [Stage; 8] = [
+    Stage::VerifyUpload,
+    Stage::Fetch,
+    Stage::Hash,
+    Stage::Settle,
+    Stage::Guard,
+    Stage::Import,
+    Stage::Report,
+    Stage::Archive,
+];
 
-impl JobContext {
-    /// A job started by hand (`worker once`, tests): no lock, never cancelled.
-    pub fn manual(job_id: Uuid) -> Self {
-        Self {
-            job_id,
-            trigger: Trigger::Manual,
-            cancel: CancellationToken::new(),
-            fence: None,
-            lease: None,
+impl Stage {
+    /// Its name: the span's, the metric's label, the summary's `durations_ms` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::VerifyUpload => "verify-upload",
+            Stage::Fetch => "fetch",
+            Stage::Hash => "hash",
+            Stage::Settle => "settle",
+            Stage::Guard => "guard",
+            Stage::Import => "import",
+            Stage::Report => "report",
+            Stage::Archive => "archive",
         }
     }
 
-    fn check(&self) -> Result<(), JobError> {
-        if self.should_stop() {
-            Err(Retryable::Cancelled.into())
-        } else {
-            Ok(())
+    /// Whether the stage has anything to do in this run (a stage that does not is not timed).
+    fn applies(self, job: &JobRun<'_>) -> bool {
+        match self {
+            Stage::VerifyUpload => true,
+            Stage::Fetch => job.found.file.is_none(),
+            Stage::Hash | Stage::Settle => !verify_upload::is_verify_upload(job),
+            Stage::Guard => guard::applies(job),
+            Stage::Import | Stage::Report => true,
+            Stage::Archive => archive::applies(job),
         }
     }
-}
 
-impl StopCheck for JobContext {
-    /// Cancelled, or the lease ran out (which cancels the job, so everything watching the token
-    /// stops too).
-    fn should_stop(&self) -> bool {
-        if self.cancel.is_cancelled() {
-            return true;
+    async fn run(self, job: &mut JobRun<'_>) -> Result<Step, JobError> {
+        match self {
+            Stage::VerifyUpload => verify_upload::run(job).await,
+            Stage::Fetch => fetch::run(job).await,
+            Stage::Hash => hash::run(job).await,
+            Stage::Settle => settle::run(job).await,
+            Stage::Guard => guard::run(job).await,
+            Stage::Import => import::run(job).await,
+            Stage::Report => report::run(job).await,
+            Stage::Archive => archive::run(job).await,
         }
-        if self.lease.as_ref().is_some_and(|l| !l.valid()) {
-            tracing::warn!("the tenant lock's lease ran out: stopping the job");
-            self.cancel.cancel();
-            return true;
+    }
+
+    /// The stage's span, with the fields the stage records.
+    fn span(self) -> tracing::Span {
+        match self {
+            Stage::Fetch => {
+                tracing::info_span!("fetch", file.size = Empty, error.type = Empty, otel.status_code = Empty, otel.status_description = Empty)
+            }
+            Stage::Hash => {
+                tracing::info_span!("hash", file.sha1 = Empty, already_processed = Empty, error.type = Empty, otel.status_code = Empty, otel.status_description = Empty)
+            }
+            Stage::Import => tracing::info_span!(
+                "import",
+                concurrency = Empty,
+                api.requests = Empty,
+                api.retries = Empty,
+                api.rate_limited = Empty,
+                api.server_errors = Empty,
+                api.transport_errors = Empty,
+                error.type = Empty,
+                otel.status_code = Empty,
+                otel.status_description = Empty,
+            ),
+            Stage::Report => {
+                tracing::info_span!("report", email_sent = Empty, error.type = Empty, otel.status_code = Empty, otel.status_description = Empty)
+            }
+            _ => {
+                tracing::info_span!("stage", otel.name = self.as_str(), error.type = Empty, otel.status_code = Empty, otel.status_description = Empty)
+            }
         }
-        false
     }
 }
 
-/// Runs the whole pipeline for `tenant`, in a `job` span (see [`span`]).
-pub async fn process_job(deps: &Deps, tenant: &str, job: JobContext) -> Result<Outcome, JobError> {
-    let span = span::job_span(tenant, &job);
-    let result = run(deps, tenant, &job).instrument(span.clone()).await;
-    span::record_outcome(&span, &result);
-    // Verify-only counts are what would have happened: not rows applied.
-    if let Ok(Outcome::Imported { counts, .. }) = &result {
-        deps.metrics.rows(counts);
+/// Runs `stage` in its span, timed once for the metric and the run record. A panic inside the
+/// stage is a fault of this worker (retried elsewhere), never the tenant's.
+async fn timed(stage: Stage, job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let span = stage.span();
+    let clock = Instant::now();
+    let result = AssertUnwindSafe(stage.run(job).instrument(span.clone()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(worker_fault(stage.as_str(), panic.as_ref())));
+    let took = clock.elapsed();
+    job.metrics().stage(stage.as_str(), took);
+    job.record.stage(stage.as_str(), took);
+    if let Err(e) = &result {
+        telemetry::record_error(&span, e.reason(), &e.to_string());
     }
     result
 }
 
-async fn run(deps: &Deps, tenant_name: &str, job: &JobContext) -> Result<Outcome, JobError> {
-    let registry = deps.registry();
-    let tenant = registry
-        .get(tenant_name)
-        .ok_or_else(|| Permanent::UnknownTenant(tenant_name.chars().take(64).collect()))?;
-    if !tenant.enabled && job.trigger == Trigger::Schedule {
-        return Err(Permanent::DisabledTenant(tenant.name.to_string()).into());
-    }
-    let key = deps
-        .secrets
-        .api_key(&tenant.name)
-        .map_err(|e| Permanent::MissingKey(e.to_string()))?;
-    let started = Utc::now();
-    let mut summary = RunSummary::start(tenant.name.as_str(), job.job_id, job.trigger, started);
+/// A panic's message, as a retryable worker fault.
+pub fn worker_fault(place: &str, panic: &(dyn std::any::Any + Send)) -> JobError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    tracing::error!(place, panic = %what, "worker fault");
+    Retryable::WorkerFault(format!("{place}: {what}")).into()
+}
 
-    let mut session = match connect(deps, tenant, &key).await {
-        Ok(s) => s,
-        Err(e) => {
-            alerting::login_refused(deps, tenant, &e, None).await;
-            return Err(e);
+/// The job's result and its record (none when the tenant could not even be resolved).
+#[derive(Debug)]
+pub struct Finished {
+    pub result: Result<Outcome, JobError>,
+    pub record: Option<RunRecord>,
+}
+
+/// Runs the whole pipeline for `tenant`, in a `job` span.
+pub async fn process_job(deps: &Deps, tenant: &str, ctx: JobContext) -> Result<Outcome, JobError> {
+    run_job(deps, tenant, ctx).await.result
+}
+
+/// As [`process_job`], with the run's record.
+pub async fn run_job(deps: &Deps, tenant: &str, ctx: JobContext) -> Finished {
+    let span = record::job_span(tenant, &ctx);
+    let finished = async {
+        match JobRun::new(deps, tenant, ctx) {
+            Ok(job) => run(job).await,
+            Err(e) => Finished {
+                result: Err(e),
+                record: None,
+            },
         }
-    };
-    let log_session = connect(deps, tenant, &key).await?;
-    let target = LogTarget {
-        connector: deps.accounts.clone(),
-        tenant: tenant.clone(),
-        key: key.clone(),
-    };
-    let (log, log_task) = TenantLog::start(target, Some(log_session), job.job_id);
-    log.line(format!(
-        "start: tenant {} acting as {}, trigger {:?}{}",
-        tenant.name,
-        tenant.admin.username,
-        job.trigger,
-        job.fence
-            .map(|f| format!(", lock fence {f}"))
-            .unwrap_or_default()
-    ));
-    let result = stages(
-        deps,
-        tenant,
-        &key,
-        job,
-        session.as_mut(),
-        &log,
-        &mut summary,
-    )
+    }
+    .instrument(span.clone())
     .await;
+    record::record_on_span(&span, &finished.result);
+    if let Some(r) = &finished.record {
+        r.count(&finished.result, &deps.metrics);
+    }
+    finished
+}
+
+/// Connects, runs the stages, and ends the run: alerts, the summary, the log's last line.
+async fn run(mut job: JobRun<'_>) -> Finished {
+    let result = match job.connect().await {
+        Ok(()) => {
+            job.log(alerting::start_line(&job));
+            match stages(&mut job).await {
+                Err(JobError::Permanent(why)) if verify_upload::is_verify_upload(&job) => {
+                    Err(verify_upload::refused(&job, why).await)
+                }
+                other => other,
+            }
+        }
+        Err(e) => Err(e),
+    };
     // A job that lost its lock (or is being stopped) makes no further side effect: another run
     // owns the tenant now, and will alert and summarise itself.
-    if !job.should_stop() {
-        match &result {
-            Err(e) => alerting::login_refused(deps, tenant, e, Some(&log)).await,
-            Ok(
-                Outcome::NoFile
-                | Outcome::AlreadyProcessed { .. }
-                | Outcome::UploadIncomplete { .. },
-            ) => alerting::no_new_file(deps, tenant, &log).await,
-            Ok(Outcome::Imported { .. } | Outcome::Verified { .. } | Outcome::Held { .. }) => {}
-        }
-        summary.finish(&result, Utc::now());
-        match summary::write(session.as_mut(), &summary).await {
-            Ok(()) => log.line(format!("summary written: {}", summary::LATEST_PATH)),
-            Err(e) => log.line(format!("the run summary could not be written: {e}")),
+    if !job.gate().should_stop() {
+        alerting::after(&job, &result).await;
+        job.record.finish(&result);
+        if job.connected() {
+            summary::write(&job).await;
         }
     }
-    match &result {
-        Ok(Outcome::NoFile) => log.line("end: no file at /uploads/user-import.csv"),
-        Ok(Outcome::UploadIncomplete { size_before, size_after }) => log.line(format!(
-            "end: left for the next run: the file is still being uploaded (it changed while being looked at: {size_before} bytes, then {})",
-            size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
-        )),
-        Ok(Outcome::AlreadyProcessed { sha1 }) => {
-            if tenant.import.verify_only {
-                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"))
-            } else {
-                log.line(format!("end: skipped, this file (SHA1 {sha1}) was already processed; delete /tmp/{sha1}.sha1 to import it again"))
-            }
-        }
-        Ok(Outcome::Imported { counts, .. }) => log.line(format!(
-            "end: imported: {} rows, {} created, {} updated, {} unchanged, {} invalid, {} failed, {} unconfirmed",
-            counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid, counts.failed, counts.unconfirmed
-        ) + &if counts.deactivated > 0 { format!(", {} deactivated by full sync", counts.deactivated) } else { String::new() }),
-        Ok(Outcome::Verified { counts, .. }) => log.line(format!(
-            "end: verified only, nothing written: {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors, {} would be deactivated by full sync",
-            counts.rows, counts.created, counts.updated, counts.unchanged, counts.invalid + counts.failed, counts.deactivated
-        )),
-        Ok(Outcome::Held { sha1, deactivations, updates, .. }) => log.line(format!(
-            "end: held by the mass-change guard ({deactivations} deactivations, {updates} updates): nothing written; upload {} holding {sha1} to confirm",
-            guard::CONFIRM_PATH
-        )),
-        Err(e) => log.line(format!(
-            "end: {} ({}): {e}",
-            if e.is_retryable() { "failed, will be retried" } else { "failed" },
-            e.reason()
-        )),
-    }
-    session.quit().await;
-    let stats = log_task.close(log).await;
-    if stats.lost > 0 {
-        tracing::warn!(lost = stats.lost, "some tenant log lines were not written");
-    }
-    result
-}
-
-async fn stages(
-    deps: &Deps,
-    tenant: &Tenant,
-    key: &shared::ApiKey,
-    job: &JobContext,
-    session: &mut dyn Account,
-    log: &TenantLog,
-    summary: &mut RunSummary,
-) -> Result<Outcome, JobError> {
-    let settings = &deps.settings;
-    let metrics = &deps.metrics;
-    let max_bytes = tenant
-        .limits
-        .max_file_bytes
-        .map_or(settings.import.max_file_bytes, |l| {
-            l.min(settings.import.max_file_bytes)
-        });
-    let work_dir: PathBuf = settings.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-
-    // A verify upload not verified yet takes this run (the import waits for the next one).
-    job.check()?;
-    if let Some(outcome) = verify_upload(
-        deps, tenant, key, job, session, log, summary, max_bytes, &work_dir,
-    )
-    .await?
-    {
-        return Ok(outcome);
-    }
-
-    // fetch, after a first look at the file's size and time (see `settle`)
-    job.check()?;
-    let clock = Instant::now();
-    let first = settle::look(session, fetch::UPLOAD_PATH)
-        .await
-        .map_err(ftps_error)?;
-    let Some(first) = first else {
-        summary.stage("fetch", clock.elapsed());
-        return Ok(Outcome::NoFile);
-    };
-    let span = tracing::info_span!(
-        "fetch",
-        file.size = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let fetched = metrics
-        .time(
-            Stage::Fetch,
-            fetch::fetch(session, max_bytes, &work_dir).instrument(span.clone()),
-        )
-        .await
-        .map_err(|e| match e {
-            AccountError::TooLarge { limit } => JobError::from(Permanent::FileTooLarge {
-                size: limit + 1,
-                limit,
-            }),
-            other => ftps_error(other),
-        });
-    span::failed_on(&span, &fetched);
-    summary.stage("fetch", clock.elapsed());
-    let Some(fetched) = fetched? else {
-        return Ok(Outcome::NoFile);
-    };
-    summary.file = Some(summary::FileSummary {
-        path: fetch::UPLOAD_PATH,
-        size: fetched.size,
-        sha1: Some(fetched.sha1.to_string()),
-        ..Default::default()
-    });
-    span.record("file.size", fetched.size);
-    log.line(format!(
-        "file found: /uploads/user-import.csv, {} bytes, SHA1 {}",
-        fetched.size, fetched.sha1
-    ));
-
-    // hash
-    let clock = Instant::now();
-    let span = tracing::info_span!(
-        "hash",
-        file.sha1 = %fetched.sha1,
-        already_processed = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    let verify = tenant.import.verify_only;
-    let marker = hash::marker_name_for(&fetched.sha1, verify);
-    let seen = metrics
-        .time(
-            Stage::Hash,
-            account::exists_in(session, hash::MARKER_DIR, &marker).instrument(span.clone()),
-        )
-        .await
-        .map_err(ftps_error);
-    span::failed_on(&span, &seen);
-    let seen = seen?;
-    summary.stage("hash", clock.elapsed());
-    span.record("already_processed", seen);
-    if seen {
-        if verify {
-            log.line(format!(
-                "verify only: this file was verified before (/tmp/{marker})"
-            ));
-        }
-        return Ok(Outcome::AlreadyProcessed {
-            sha1: fetched.sha1.to_string(),
-        });
-    }
-
-    // settle: a new version is imported only if it stood still for the settle interval
-    job.check()?;
-    let clock = Instant::now();
-    settle::wait(&first, tenant.files.settle, &job.cancel).await;
-    job.check()?;
-    let second = settle::look(session, fetch::UPLOAD_PATH)
-        .await
-        .map_err(ftps_error)?;
-    summary.stage("settle", clock.elapsed());
-    if !settle::settled(&first, second.as_ref(), fetched.size) {
-        return Ok(Outcome::UploadIncomplete {
-            size_before: first.size,
-            size_after: second.map(|s| s.size),
-        });
-    }
-    if tenant.alerts.no_file_days > 0
-        && let Err(e) = deps
-            .alerts
-            .new_file(tenant.name.as_str(), fetched.sha1.as_str(), Utc::now())
-            .await
-    {
-        tracing::warn!(error = %e, "the arrival of a new file could not be recorded for alerts");
-    }
-
-    // The mass-change guard: a held file waits for the admin's confirmation, without API calls.
-    let guard_enabled = tenant.import.mass_change_guard.enabled && !verify;
-    let guard_state = if guard_enabled {
-        guard::state(session, &fetched.sha1)
-            .await
-            .map_err(ftps_error)?
-    } else {
-        guard::State::Open
-    };
-    if let guard::State::Held(h) = &guard_state {
-        log.line("this file is held by the mass-change guard and not confirmed yet");
-        return Ok(Outcome::Held {
-            sha1: fetched.sha1.to_string(),
-            deactivations: h.deactivations,
-            updates: h.updates,
-            existing: h.existing,
-            email_sent: false,
-        });
-    }
-    let confirmed = guard_state == guard::State::Confirmed;
-    let force_full = tenant.import.skip_unchanged
-        && !verify
-        && account::exists_in(session, fetch::UPLOAD_DIR, fetch::FULL_FLAG_NAME)
-            .await
-            .map_err(ftps_error)?;
-    job.check()?;
-    let plan = import::Plan {
-        source: fetch::UPLOAD_PATH,
-        verify,
-        confirmed,
-        force_full,
-    };
-    import::import_and_report(
-        deps, tenant, key, job, session, log, summary, &fetched, &plan,
-    )
-    .await
-}
-
-/// `/uploads/user-import.verify.csv`, when there and not verified yet: verified only (never
-/// imported), reported, and marked `/tmp/<sha1>.verified`. `None`: nothing to verify.
-#[allow(clippy::too_many_arguments)]
-async fn verify_upload(
-    deps: &Deps,
-    tenant: &Tenant,
-    key: &shared::ApiKey,
-    job: &JobContext,
-    session: &mut dyn Account,
-    log: &TenantLog,
-    summary: &mut RunSummary,
-    max_bytes: u64,
-    work_dir: &std::path::Path,
-) -> Result<Option<Outcome>, JobError> {
-    let fetched =
-        match fetch::fetch_from(session, fetch::VERIFY_UPLOAD_PATH, max_bytes, work_dir).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(None),
-            // Never in the way of the import: said in the log, and the run goes on.
-            Err(AccountError::TooLarge { limit }) => {
-                log.line(format!(
-                    "{} is larger than the limit of {limit} bytes: not verified",
-                    fetch::VERIFY_UPLOAD_PATH
-                ));
-                return Ok(None);
-            }
-            Err(e) => return Err(ftps_error(e)),
-        };
-    let marker = hash::marker_name_for(&fetched.sha1, true);
-    if account::exists_in(session, hash::MARKER_DIR, &marker)
-        .await
-        .map_err(ftps_error)?
-    {
-        log.line(format!(
-            "{} was verified before (/tmp/{marker}); ignored",
-            fetch::VERIFY_UPLOAD_PATH
-        ));
-        return Ok(None);
-    }
-    log.line(format!(
-        "file found: {}, {} bytes, SHA1 {}",
-        fetch::VERIFY_UPLOAD_PATH,
-        fetched.size,
-        fetched.sha1
-    ));
-    summary.file = Some(summary::FileSummary {
-        path: fetch::VERIFY_UPLOAD_PATH,
-        size: fetched.size,
-        sha1: Some(fetched.sha1.to_string()),
-        ..Default::default()
-    });
-    let plan = import::Plan {
-        source: fetch::VERIFY_UPLOAD_PATH,
-        verify: true,
-        confirmed: false,
-        force_full: false,
-    };
-    let result = import::import_and_report(
-        deps, tenant, key, job, session, log, summary, &fetched, &plan,
-    )
-    .await;
-    match result {
-        Err(JobError::Permanent(why)) => {
-            // A file that cannot be verified is not tried again (its marker), so the import of
-            // /uploads/user-import.csv is not held up by it; the reason is in the log.
-            log.line(format!(
-                "{} cannot be verified: {why}",
-                fetch::VERIFY_UPLOAD_PATH
-            ));
-            if let Err(e) = hash::write_marker_for(session, &fetched.sha1, true).await {
-                log.line(format!("the verify marker could not be written: {e}"));
-            }
-            Err(JobError::Permanent(why))
-        }
-        other => other.map(Some),
+    job.log(job.record.end_line(&result));
+    Finished {
+        record: Some(job.close().await),
+        result,
     }
 }
 
-async fn connect(
-    deps: &Deps,
-    tenant: &Tenant,
-    key: &shared::ApiKey,
-) -> Result<Box<dyn Account>, JobError> {
-    deps.accounts.connect(tenant, key).await.map_err(ftps_error)
-}
-
-fn ftps_error(e: AccountError) -> JobError {
-    match e {
-        AccountError::Credentials => Permanent::FtpsCredentials.into(),
-        AccountError::Certificate(why) => Permanent::FtpsCertificate(why).into(),
-        AccountError::TooLarge { limit } => Permanent::FileTooLarge {
-            size: limit + 1,
-            limit,
+async fn stages(job: &mut JobRun<'_>) -> Result<Outcome, JobError> {
+    for stage in PIPELINE {
+        if !stage.applies(job) {
+            continue;
         }
-        .into(),
-        AccountError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
-        other => Retryable::Ftps(other.to_string()).into(),
+        // Once the report is done the run is imported: a stop now only skips the archive.
+        if job.found.outcome.is_none() {
+            job.check()?;
+        }
+        if let Step::Finish(outcome) = timed(stage, job).await? {
+            return Ok(outcome);
+        }
     }
+    job.found.outcome.take().ok_or_else(|| {
+        Retryable::WorkerFault("the pipeline ended without an outcome".into()).into()
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use super::*;
 
-    use super::{JobContext, StopCheck};
-    use crate::fleet::lock::Lease;
+    #[test]
+    fn a_panic_is_a_retryable_worker_fault_named_after_its_place() {
+        let e = worker_fault("import", &"index out of bounds");
+        assert!(e.is_retryable());
+        assert_eq!(e.reason(), "worker-fault");
+        assert!(e.to_string().contains("import: index out of bounds"), "{e}");
+        let e = worker_fault("fetch", &String::from("boom"));
+        assert!(e.to_string().contains("fetch: boom"), "{e}");
+    }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_job_whose_lock_lease_ran_out_stops_and_cancels_its_token() {
-        let mut job = JobContext::manual(uuid::Uuid::new_v4());
-        job.lease = Some(Lease::new(
-            tokio::time::Instant::now(),
-            Duration::from_secs(5),
-        ));
-        assert!(!job.should_stop());
-        assert!(job.check().is_ok());
-        // Frozen past the TTL: no renewal ran, nothing cancelled the token.
-        tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(!job.cancel.is_cancelled());
-        assert!(job.should_stop());
-        assert!(job.check().is_err());
-        assert!(job.cancel.is_cancelled(), "the watchers see it too");
+    #[tokio::test]
+    async fn a_panicking_future_is_caught_as_a_worker_fault() {
+        let result: Result<Step, JobError> = AssertUnwindSafe(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in a stage");
+            }
+            Ok(Step::Next)
+        })
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(worker_fault("settle", p.as_ref())));
+        let Err(e) = result else { panic!("caught") };
+        assert_eq!(e.reason(), "worker-fault");
+        assert!(e.is_retryable());
     }
 }

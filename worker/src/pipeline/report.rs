@@ -1,44 +1,101 @@
-//! Report: the per-record results CSV goes to `/reports/` (one file per processed version, named
-//! with the time and the short hash), the nominated admin gets an email with the counts in the
-//! subject and the results attached, and then — only then — the `/tmp` marker is written.
+//! Stage report: the per-record results CSV goes to `/reports/` (one file per processed version,
+//! named with the time and the short hash), the nominated admin gets an email with the counts in
+//! the subject and the results attached, and then — only then — the `/tmp` marker is written. A
+//! confirmed file's confirmation and a used full-push flag are removed last.
 
 use chrono::{DateTime, Utc};
 use shared::Sha1Digest;
 use shared::registry::Tenant;
 
-use crate::account::{Account, AccountError};
-use crate::email::{MailAttachment, Mailer};
+use super::{Step, guard, hash};
+use crate::email::MailAttachment;
 use crate::import::ImportSummary;
 use crate::import::apply::RowResult;
+use crate::job::{JobRun, Mail};
+use crate::layout::{CONFIRM_PATH, FULL_FLAG_PATH, REPORTS_DIR};
+use crate::outcome::{JobError, Outcome, Retryable};
 
-pub const REPORTS_DIR: &str = "/reports";
-
-/// Attachments above this size are left out of the email (the report stays on the FTPS account).
+/// Attachments above this size are left out of the email (the report stays on the account).
 pub const MAX_ATTACHMENT_BYTES: u64 = 15 * 1024 * 1024;
 
-pub fn report_path(started: DateTime<Utc>, sha1: &Sha1Digest) -> String {
-    report_path_for(started, sha1, false)
-}
-
 /// A verify-only run's report is `user-import-verify-…`, so it is never taken for an import's.
-pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, verify: bool) -> String {
+pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, dry_run: bool) -> String {
     format!(
         "{REPORTS_DIR}/user-import-{}{}-{}.csv",
-        if verify { "verify-" } else { "" },
+        if dry_run { "verify-" } else { "" },
         started.format("%Y%m%dT%H%M%SZ"),
         sha1.short()
     )
 }
 
-/// Uploads the results CSV; returns its path on the account.
-pub async fn upload_results(
-    session: &mut dyn Account,
-    summary: &ImportSummary,
-    path: &str,
-) -> Result<(), AccountError> {
-    session.mkdir(REPORTS_DIR).await?;
-    let mut file = tokio::fs::File::open(&summary.results_file).await?;
-    session.upload(path, &mut file).await.map(|_| ())
+pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    let (Some(file), Some(summary)) = (&job.found.file, &job.found.imported) else {
+        return Err(Retryable::WorkerFault("report before import".into()).into());
+    };
+    let plan = job.found.plan.clone();
+    let sha1 = file.sha1.clone();
+    let report_path = report_path_for(job.record.started_at, &sha1, plan.dry_run);
+    job.mkdir(REPORTS_DIR).await?;
+    job.put_file(&report_path, &summary.results_file).await?;
+    job.log(format!("report written: {report_path}"));
+    let ctx = EmailContext {
+        tenant: job.tenant(),
+        summary,
+        sha1: &sha1,
+        source: plan.source,
+        size: file.size,
+        report_path: &report_path,
+        job_id: &job.context().job_id.to_string(),
+    };
+    let email_sent = match email(job, &ctx).await {
+        Ok(()) => {
+            job.log(format!(
+                "report emailed to the nominated admin ({})",
+                job.tenant().admin.username
+            ));
+            true
+        }
+        Err(why) => {
+            // The import is done and its report is on the account: record, do not redo.
+            job.log(format!("the report email could not be sent: {why}"));
+            false
+        }
+    };
+    tracing::Span::current().record("email_sent", email_sent);
+    hash::write_marker(job, &sha1, plan.dry_run).await?;
+    job.log(format!(
+        "marker written: /tmp/{}",
+        hash::marker_name(&sha1, plan.dry_run)
+    ));
+    if plan.confirmed {
+        job.log(match guard::clear(job, &sha1).await {
+            Ok(()) => format!("confirmation used: {CONFIRM_PATH} and the held marker removed"),
+            Err(e) => format!("the confirmation could not be removed: {e}"),
+        });
+    }
+    if plan.force_full {
+        job.log(match job.remove(FULL_FLAG_PATH).await {
+            Ok(()) => format!("full re-push done: {FULL_FLAG_PATH} removed"),
+            Err(e) => format!("{FULL_FLAG_PATH} could not be removed: {e}"),
+        });
+    }
+    let (sha1, counts) = (sha1.to_string(), summary.counts.clone());
+    job.found.outcome = Some(if plan.dry_run {
+        Outcome::Verified {
+            sha1,
+            counts,
+            report_path,
+            email_sent,
+        }
+    } else {
+        Outcome::Imported {
+            sha1,
+            counts,
+            report_path,
+            email_sent,
+        }
+    });
+    Ok(Step::Next)
 }
 
 /// The subject: tenant, outcome and counts, readable in an inbox list.
@@ -139,7 +196,7 @@ fn problem_line(p: &RowResult) -> String {
 }
 
 /// Sends the report email; `Err` carries why, and the caller records it in the log.
-pub async fn email(mailer: &Mailer, ctx: &EmailContext<'_>) -> Result<(), String> {
+async fn email(job: &JobRun<'_>, ctx: &EmailContext<'_>) -> Result<(), String> {
     let size = tokio::fs::metadata(&ctx.summary.results_file)
         .await
         .map(|m| m.len())
@@ -167,14 +224,10 @@ pub async fn email(mailer: &Mailer, ctx: &EmailContext<'_>) -> Result<(), String
         ));
         None
     };
-    mailer
-        .send(
-            &ctx.tenant.admin.email,
-            &subject(ctx.tenant, ctx.summary),
-            text,
-            attachment,
-            3,
-        )
-        .await
-        .map_err(|e| e.to_string())
+    job.email(Mail {
+        subject: subject(ctx.tenant, ctx.summary),
+        body: text,
+        attachment,
+    })
+    .await
 }

@@ -18,12 +18,24 @@ use shared::ApiKey;
 use shared::registry::Tenant;
 use shared::settings::PlatformSettings;
 
-use crate::import::StopCheck;
 use tokio::sync::Semaphore;
 use url::Url;
 
 use model::{ProfileFields, StatusReport, UserRecord, WriteResult};
 pub use retry::RetryPolicy;
+
+/// Asked before every attempt of every request: once it says stop, the client sends nothing more
+/// and answers [`ApiError::Stopped`]. The job's gate says stop once the job is cancelled or its
+/// tenant lock's lease has run out; a plain token does for callers without a lock.
+pub trait StopCheck: std::fmt::Debug + Send + Sync {
+    fn should_stop(&self) -> bool;
+}
+
+impl StopCheck for tokio_util::sync::CancellationToken {
+    fn should_stop(&self) -> bool {
+        self.is_cancelled()
+    }
+}
 
 /// Why a call did not give the answer the caller wanted; the caller decides per variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::certs::{self, TestCerts};
 use super::process::{self, Output, Supervised, run};
-use super::{process_dir, unique};
+use super::process_dir;
+use crate::unique;
 
 /// The comment (GECOS) field of harness-made users starts with this, followed by the pid.
 const GECOS_TAG: &str = "ui-it pid=";

@@ -19,7 +19,8 @@ use std::sync::{Mutex, OnceLock};
 
 use super::certs;
 use super::process::{self, Supervised, run};
-use super::{process_dir, unique};
+use super::process_dir;
+use crate::unique;
 
 /// The uid and gid every virtual user's files belong to (no such user in /etc/passwd).
 pub const VIRTUAL_ID: u32 = 2999;
@@ -140,7 +141,7 @@ fn start() -> ProftpdServer {
              TLSLog {tls}\n",
             pasv.0,
             pasv.1,
-            pasv_address = super::PASV_ADDRESS,
+            pasv_address = super::ftps::PASV_ADDRESS,
             modules = root.join("usr/lib/proftpd").display(),
             dir = dir.display(),
             log = log_file.display(),

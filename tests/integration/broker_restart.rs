@@ -12,8 +12,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
-use crate::harness;
-
 /// Bounds every network step so a broken broker fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(20);
 

@@ -20,7 +20,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::process::{self, Output, Supervised, run};
-use super::{process_dir, unique};
+use super::process_dir;
+use crate::unique;
 
 /// The folder every process's jails live under (root's, 0755, not under /tmp).
 const JAIL_PARENT: &str = "/srv/ui-it-sftp";

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::QueueDeleteOptions;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use platform_fake::{FakeConfig, FakeHandle, TenantSeed};
 use shared::amqp::{Topology, confirm_mode, job_properties, publish_confirmed};
@@ -21,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 use worker::Deps;
 use worker::fleet::{FleetDeps, JobEvent};
 
-use crate::harness::{self, FtpAccount};
+use crate::FtpAccount;
+use crate::binaries::worker_binary;
+use crate::fixtures::{SettingsFile, TenantEntry};
 
+#[derive(Debug)]
 pub struct FleetEnv {
     pub accounts: Vec<FtpAccount>,
     pub fake: FakeHandle,
@@ -34,6 +38,7 @@ pub struct FleetEnv {
     pub env: HashMap<String, String>,
 }
 
+#[derive(Debug, Clone)]
 pub struct FleetOptions {
     pub tenants: usize,
     pub amqp_url: Option<String>,
@@ -69,6 +74,7 @@ impl Default for FleetOptions {
 }
 
 /// A running in-process worker.
+#[derive(Debug)]
 pub struct WorkerHandle {
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -83,8 +89,8 @@ impl WorkerHandle {
 
 impl FleetEnv {
     pub async fn new(opts: FleetOptions) -> Self {
-        let ftps = harness::ftps().await;
-        let smtp = harness::smtp().await;
+        let ftps = crate::ftps().await;
+        let smtp = crate::smtp().await;
         let accounts: Vec<FtpAccount> = (0..opts.tenants)
             .map(|_| ftps.create_account_with("t", opts.password.as_deref()))
             .collect();
@@ -102,50 +108,51 @@ impl FleetEnv {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut registry = String::new();
         for (i, a) in accounts.iter().enumerate() {
-            let enabled = !opts.disabled.contains(&i);
-            registry.push_str(&format!(
-                r#"
-[[tenant]]
-name = "{user}"
-region = "eu"
-portal_domain = "{user}.learning-admin.com"
-api_base_url = "{base}"
-ftps_host = "{host}"
-ftps_port = {port}
-admin = {{ username = "{user}.admin", email = "admin@{user}.example.com" }}
-enabled = {enabled}
-files = {{ settle = "100ms" }}
-{schedule}
-"#,
-                schedule = opts
-                    .schedule
-                    .map(|s| format!("schedule = \"{s}\""))
-                    .unwrap_or_default(),
-                user = a.user,
-                base = fake.base_url(),
-                host = ftps.host,
-                port = ftps.port,
-            ));
+            let mut extra = format!(
+                "enabled = {}\nfiles = {{ settle = \"100ms\" }}\n",
+                !opts.disabled.contains(&i)
+            );
+            if let Some(schedule) = opts.schedule {
+                extra.push_str(&format!("schedule = \"{schedule}\"\n"));
+            }
+            registry.push_str(
+                &TenantEntry {
+                    api_base_url: fake.base_url(),
+                    ftps_host: ftps.host.clone(),
+                    ftps_port: Some(ftps.port),
+                    admin_username: format!("{}.admin", a.user),
+                    admin_email: format!("admin@{}.example.com", a.user),
+                    extra,
+                    ..TenantEntry::new(&a.user)
+                }
+                .toml(),
+            );
         }
         let registry_path = dir.path().join("tenants.toml");
         std::fs::write(&registry_path, registry).unwrap_or_else(|e| panic!("{e}"));
-        let exchange = harness::unique("x");
-        let prefix = harness::unique("p");
-        let amqp_url = opts.amqp_url.clone().unwrap_or_else(harness::amqp_url);
-        let settings = format!(
-            r#"
-work_dir = "{work}"
-[registry]
-file = "{registry}"
-[amqp]
+        let exchange = crate::unique("x");
+        let prefix = crate::unique("p");
+        let amqp_url = opts.amqp_url.clone().unwrap_or_else(crate::amqp_url);
+        let settings_path = dir.path().join("settings.toml");
+        SettingsFile {
+            work_dir: dir.path().to_owned(),
+            registry: registry_path.clone(),
+            ca_file: ftps.ca_file.clone(),
+            smtp_host: smtp.host.clone(),
+            smtp_port: smtp.port,
+            smtp_timeout: None,
+            request_timeout: "5s",
+            redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url),
+            redis_prefix: prefix.clone(),
+            import_concurrency: opts.concurrency,
+            progress_every: 10,
+            extra: format!(
+                r#"[amqp]
 url = "{amqp_url}"
 exchange = "{exchange}"
 prefetch = {prefetch}
 delivery_limit = 10
 retry_delays = ["1s", "2s", "2s"]
-[redis]
-url = "{redis_url}"
-key_prefix = "{prefix}"
 [worker]
 region = "eu"
 lock_ttl = "{lock_ttl}"
@@ -153,40 +160,13 @@ job_timeout = "120s"
 drain_timeout = "{drain}"
 [http]
 listen = "127.0.0.1:0"
-[ftps]
-ca_file = "{ca}"
-connect_timeout = "5s"
-io_timeout = "20s"
-[smtp]
-host = "{smtp_host}"
-port = {smtp_port}
-tls = "none"
-from = "User import <user-import@fleet.example.com>"
-[platform]
-request_timeout = "5s"
-max_attempts = 12
-backoff_base = "20ms"
-backoff_max = "500ms"
-retry_after_max = "2s"
-status_poll_interval = "20ms"
-status_timeout = "10s"
-[import]
-concurrency = {concurrency}
-progress_every = 10
 "#,
-            work = dir.path().display(),
-            registry = registry_path.display(),
-            redis_url = opts.redis_url.clone().unwrap_or_else(harness::redis_url),
-            prefetch = opts.prefetch,
-            lock_ttl = opts.lock_ttl,
-            drain = opts.drain_timeout,
-            ca = ftps.ca_file.display(),
-            smtp_host = smtp.host,
-            smtp_port = smtp.port,
-            concurrency = opts.concurrency,
-        );
-        let settings_path = dir.path().join("settings.toml");
-        std::fs::write(&settings_path, settings).unwrap_or_else(|e| panic!("{e}"));
+                prefetch = opts.prefetch,
+                lock_ttl = opts.lock_ttl,
+                drain = opts.drain_timeout,
+            ),
+        }
+        .write(&settings_path);
         let env: HashMap<String, String> = accounts
             .iter()
             .map(|a| {
@@ -255,7 +235,7 @@ progress_every = 10
         let log = self
             .dir
             .path()
-            .join(format!("worker-{}.log", harness::unique("w")));
+            .join(format!("worker-{}.log", crate::unique("w")));
         self.spawn_worker_process_with(&[("RUST_LOG", "info,worker=debug")], &log)
     }
 
@@ -265,7 +245,7 @@ progress_every = 10
         vars: &[(&str, &str)],
         log: &std::path::Path,
     ) -> tokio::process::Child {
-        let mut cmd = self.command(crate::tenant_env::worker_binary(), &["run"], vars);
+        let mut cmd = self.command(worker_binary(), &["run"], vars);
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::from(
                 std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}")),
@@ -314,13 +294,7 @@ progress_every = 10
     }
 
     pub async fn publish_raw(&self, body: &[u8], props: lapin::BasicProperties) {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("amqp: {e}"));
-        let ch = conn
-            .create_channel()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (conn, ch) = self.channel().await.unwrap_or_else(|e| panic!("amqp: {e}"));
         self.topology()
             .declare(&ch)
             .await
@@ -334,13 +308,7 @@ progress_every = 10
 
     /// Reads (and acks) every message now in the dead-letter queue.
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("amqp: {e}"));
-        let ch = conn
-            .create_channel()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (conn, ch) = self.channel().await.unwrap_or_else(|e| panic!("amqp: {e}"));
         let mut out = Vec::new();
         while let Some(msg) = ch
             .basic_get(
@@ -356,18 +324,53 @@ progress_every = 10
         out
     }
 
+    /// A connection to this env's broker, and a channel on it.
+    async fn channel(&self) -> Result<(Connection, lapin::Channel), lapin::Error> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        Ok((conn, ch))
+    }
+
+    /// Messages ready in this env's work queue and retry queues (unacknowledged ones are not
+    /// counted); a queue not declared yet counts as empty.
+    pub async fn queued(&self) -> Result<u32, lapin::Error> {
+        let (conn, ch) = self.channel().await?;
+        let t = self.topology();
+        let mut queues = vec![t.queue.clone()];
+        queues.extend(t.retry_delays.iter().map(|d| t.retry_queue(*d)));
+        let mut n = 0;
+        for q in queues {
+            if let Ok(depth) = queue_depth(&ch, &q).await {
+                n += depth;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(n)
+    }
+
     /// Deletes this env's queues and exchanges.
     pub async fn cleanup(&self) {
-        let Ok(conn) = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        let Ok(ch) = conn.create_channel().await else {
+        let Ok((conn, ch)) = self.channel().await else {
             return;
         };
         delete_topology(&ch, &self.topology()).await;
         let _ = conn.close(200, "done".into()).await;
     }
+}
+
+/// Messages ready in `queue`, read by a passive declare (an error when there is no such queue).
+pub async fn queue_depth(ch: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
 }
 
 /// Deletes a topology's queues and exchanges (best effort: what is gone already is fine).

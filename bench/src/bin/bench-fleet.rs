@@ -17,26 +17,19 @@
 //!    time of this process (workers, fake, SMTP sink) and of vsftpd is printed per job.
 //!
 //! ```text
-//! cargo run --release -p tests --example bench-fleet -- [--publish N] [--latency N]
+//! cargo run --release -p bench --bin bench-fleet -- [--publish N] [--latency N]
 //!     [--tenants T] [--rows R] [--workers 1,2,4] [--prefetch P] [--only publish,latency,throughput]
 //! ```
-
-#[allow(dead_code)]
-#[path = "../integration/fleet_env.rs"]
-mod fleet_env;
-#[path = "../integration/harness/mod.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../integration/tenant_env.rs"]
-mod tenant_env;
+//!
+//! The servers, tenants and workers are the integration tests' own (the `harness` library of the
+//! `tests` package).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::Utc;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use clap::Parser;
 use lapin::{Connection, ConnectionProperties};
 use platform_fake::Faults;
 use scheduler::{Options, Scheduler};
@@ -47,53 +40,37 @@ use shared::secret::Secret;
 use shared::settings::Settings;
 use tokio::sync::mpsc;
 
-use crate::fleet_env::{FleetEnv, FleetOptions};
-use crate::tenant_env::HEADER;
+use harness::fixtures::{TenantEntry, users_csv};
+use harness::fleet_env::{self, FleetEnv, FleetOptions};
 
+#[derive(Debug, Parser)]
+#[command(name = "bench-fleet")]
 struct Args {
+    /// Tenants published by `scheduler once`.
+    #[arg(long, default_value_t = 10_000)]
     publish: usize,
+    /// Jobs timed from publish to pipeline start, one at a time.
+    #[arg(long, default_value_t = 200)]
     latency: usize,
+    /// Tenants of the throughput runs, each with one new file.
+    #[arg(long, default_value_t = 200)]
     tenants: usize,
+    /// New rows in each tenant's file.
+    #[arg(long, default_value_t = 20)]
     rows: usize,
+    /// Worker counts of the throughput runs, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
+    /// Prefetch of each worker.
+    #[arg(long, default_value_t = 4)]
     prefetch: u16,
+    /// The benchmarks to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "publish,latency,throughput"
+    )]
     only: Vec<String>,
-}
-
-fn args() -> Result<Args> {
-    let mut a = Args {
-        publish: 10_000,
-        latency: 200,
-        tenants: 200,
-        rows: 20,
-        workers: vec![1, 2, 4],
-        prefetch: 4,
-        only: vec!["publish".into(), "latency".into(), "throughput".into()],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--publish" => a.publish = value()?.parse()?,
-            "--latency" => a.latency = value()?.parse()?,
-            "--tenants" => a.tenants = value()?.parse()?,
-            "--rows" => a.rows = value()?.parse()?,
-            "--prefetch" => a.prefetch = value()?.parse()?,
-            "--workers" => {
-                a.workers = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--only" => a.only = value()?.split(',').map(str::to_owned).collect(),
-            other => bail!("unknown argument {other} (see the file's header)"),
-        }
-    }
-    ensure!(
-        a.tenants > 0 && a.rows > 0 && a.prefetch > 0,
-        "sizes must be positive"
-    );
-    Ok(a)
 }
 
 #[tokio::main]
@@ -105,7 +82,11 @@ async fn main() {
 }
 
 async fn run() -> Result<()> {
-    let args = args()?;
+    let args = Args::parse();
+    ensure!(
+        args.tenants > 0 && args.rows > 0 && args.prefetch > 0,
+        "sizes must be positive"
+    );
     machine();
     if args.only.iter().any(|o| o == "publish") {
         publish(args.publish).await?;
@@ -146,13 +127,7 @@ async fn publish(n: usize) -> Result<()> {
     let tag = harness::unique("bp");
     let mut text = String::with_capacity(n * 300);
     for i in 0..n {
-        text.push_str(&format!(
-            "[[tenant]]\nname = \"{tag}-{i:05}\"\nregion = \"eu\"\n\
-             portal_domain = \"{tag}-{i:05}.learning-admin.com\"\n\
-             api_base_url = \"https://api.learning-admin.com/eu\"\n\
-             ftps_host = \"ftp-eu.learning-admin.com\"\n\
-             admin = {{ username = \"admin\", email = \"admin@t{i}.example\" }}\n\n"
-        ));
+        text.push_str(&TenantEntry::new(&format!("{tag}-{i:05}")).toml());
     }
     std::fs::write(&registry_path, text)?;
     let mut settings = Settings::default();
@@ -175,17 +150,7 @@ async fn publish(n: usize) -> Result<()> {
     let queue = format!("{}.eu", settings.amqp.exchange);
     let conn = Connection::connect(&harness::amqp_url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    let depth = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let depth = fleet_env::queue_depth(&ch, &queue).await?;
     println!(
         "published {} (failed {}, busy {}) in {:.2} s = {:.0} jobs/s (publish_concurrency {}); \
          queue depth read back: {depth}",
@@ -431,13 +396,10 @@ async fn throughput_run(args: &Args, workers: usize) -> Result<RunFigures> {
         ..Faults::default()
     });
     for (t, account) in env.accounts.iter().enumerate() {
-        let mut csv = format!("{HEADER}\n");
-        for r in 0..args.rows {
-            csv.push_str(&format!(
-                "u{t}x{r},First{r},Last{r},u{t}x{r}@example.org,Sales,,\n"
-            ));
-        }
-        account.put("uploads/user-import.csv", csv.as_bytes());
+        account.put(
+            "uploads/user-import.csv",
+            users_csv(&format!("u{t}x"), args.rows).as_bytes(),
+        );
     }
     // Tenants that have run before: a tenant's very first lock on a Redis waits one lock TTL
     // (the fence counter starts at 1, see worker::fleet), which is not what is measured here.

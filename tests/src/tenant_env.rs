@@ -13,11 +13,10 @@ use shared::registry::secrets::SecretSource;
 use shared::settings::Settings;
 use worker::{Deps, JobContext, JobError, Outcome};
 
-use crate::harness::{self, FtpAccount, ReceivedMail};
+use crate::fixtures::{self, SettingsFile, TenantEntry};
+use crate::{FtpAccount, ReceivedMail};
 
-pub const HEADER: &str =
-    "Username,First name,Surname,Email address,Department,Groups,Account state";
-
+#[derive(Debug)]
 pub struct TenantEnv {
     pub account: FtpAccount,
     pub fake: FakeHandle,
@@ -27,7 +26,6 @@ pub struct TenantEnv {
     pub _dir: tempfile::TempDir,
     pub settings_path: PathBuf,
     pub deps: Deps,
-    /// The registry as first written, without the tenant's `[tenant.import]` table.
     /// The registry text up to the tenant's `[tenant.import]` table.
     pub registry_base: String,
     registry_path: PathBuf,
@@ -36,6 +34,7 @@ pub struct TenantEnv {
 }
 
 /// What a test may change before the `Deps` are built.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// The key the platform fake accepts (default: the FTPS password, as in production).
     pub api_key_on_platform: Option<String>,
@@ -75,8 +74,8 @@ impl TenantEnv {
     }
 
     pub async fn with(opts: Options) -> Self {
-        let ftps = harness::ftps().await;
-        let smtp = harness::smtp().await;
+        let ftps = crate::ftps().await;
+        let smtp = crate::smtp().await;
         let account = ftps.create_account();
         let domain = format!("{}.learning-admin.com", account.user);
         let platform_key = opts
@@ -91,24 +90,17 @@ impl TenantEnv {
         .unwrap_or_else(|e| panic!("cannot start the platform fake: {e}"));
         let admin_email = format!("admin@{}.example.com", account.user);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let registry = format!(
-            r#"
-[[tenant]]
-name = "{user}"
-region = "eu"
-portal_domain = "{domain}"
-api_base_url = "{base}"
-ftps_host = "{host}"
-ftps_port = {port}
-admin = {{ username = "{user}.admin", email = "{admin_email}" }}
-{tenant_settings}
-"#,
-            user = account.user,
-            base = fake.base_url(),
-            host = ftps.host,
-            port = ftps.port,
-            tenant_settings = opts.tenant_settings,
-        );
+        let registry = TenantEntry {
+            portal_domain: domain.clone(),
+            api_base_url: fake.base_url(),
+            ftps_host: ftps.host.clone(),
+            ftps_port: Some(ftps.port),
+            admin_username: format!("{}.admin", account.user),
+            admin_email: admin_email.clone(),
+            extra: opts.tenant_settings.clone(),
+            ..TenantEntry::new(&account.user)
+        }
+        .toml();
         let registry_path = dir.path().join("tenants.toml");
         std::fs::write(
             &registry_path,
@@ -116,48 +108,22 @@ admin = {{ username = "{user}.admin", email = "{admin_email}" }}
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let redis_prefix = redis_prefix_of(&account.user);
-        let settings = format!(
-            r#"
-work_dir = "{work}"
-[registry]
-file = "{registry}"
-[ftps]
-ca_file = "{ca}"
-connect_timeout = "5s"
-io_timeout = "20s"
-[smtp]
-host = "{smtp_host}"
-port = {smtp_port}
-tls = "none"
-from = "User import <user-import@fleet.example.com>"
-timeout = "10s"
-[platform]
-request_timeout = "3s"
-max_attempts = 12
-backoff_base = "20ms"
-backoff_max = "500ms"
-retry_after_max = "2s"
-status_poll_interval = "20ms"
-status_timeout = "10s"
-[redis]
-url = "{redis_url}"
-key_prefix = "{redis_prefix}"
-[import]
-concurrency = {concurrency}
-progress_every = 2
-{extra}
-"#,
-            redis_url = opts.redis_url.clone().unwrap_or_else(harness::redis_url),
-            work = dir.path().display(),
-            registry = registry_path.display(),
-            ca = opts.ca_file.as_ref().unwrap_or(&ftps.ca_file).display(),
-            smtp_host = smtp.host,
-            smtp_port = smtp.port,
-            concurrency = opts.concurrency,
-            extra = opts.extra_settings,
-        );
         let settings_path = dir.path().join("settings.toml");
-        std::fs::write(&settings_path, settings).unwrap_or_else(|e| panic!("{e}"));
+        SettingsFile {
+            work_dir: dir.path().to_owned(),
+            registry: registry_path.clone(),
+            ca_file: opts.ca_file.clone().unwrap_or_else(|| ftps.ca_file.clone()),
+            smtp_host: smtp.host.clone(),
+            smtp_port: smtp.port,
+            smtp_timeout: Some("10s"),
+            request_timeout: "3s",
+            redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url),
+            redis_prefix: redis_prefix.clone(),
+            import_concurrency: opts.concurrency,
+            progress_every: 2,
+            extra: opts.extra_settings.clone(),
+        }
+        .write(&settings_path);
         let env = HashMap::from([(
             SecretSource::env_var_for(&name(&account.user)),
             account.password.clone(),
@@ -215,10 +181,7 @@ progress_every = 2
     }
 
     pub fn log(&self) -> String {
-        self.account
-            .read("log/user-import.log")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fixtures::tenant_log(&self.account)
     }
 
     /// The per-record reports (CSV) on the account, by name.
@@ -256,7 +219,7 @@ progress_every = 2
     }
 
     pub async fn mails(&self, n: usize) -> Vec<ReceivedMail> {
-        harness::smtp()
+        crate::smtp()
             .await
             .wait_for_messages(&self.admin_email, n, Duration::from_secs(20))
             .await
@@ -270,55 +233,4 @@ fn redis_prefix_of(user: &str) -> String {
 
 fn name(s: &str) -> shared::TenantName {
     shared::TenantName::parse(s).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Parses a report CSV into rows of cells (header first).
-pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
-    let mut r = csv_reader(text);
-    r.records()
-        .map(|rec| {
-            rec.unwrap_or_else(|e| panic!("report is not CSV: {e}"))
-                .iter()
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect()
-}
-
-fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
-    csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.as_bytes())
-}
-
-/// The `worker` binary, built once per test process (cargo does not build a dependency's binaries
-/// for another package's tests).
-pub fn worker_binary() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("worker")).clone()
-}
-
-/// The `scheduler` binary, built once per test process.
-pub fn scheduler_binary() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("scheduler")).clone()
-}
-
-/// Builds the binary `name` of the package `name` and returns its path.
-fn workspace_binary(name: &str) -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", name, "--bin", name])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-    assert!(status.success(), "building the {name} binary failed");
-    // target/debug/deps/integration-… → target/debug/<name>
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join(name))
-        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
-    assert!(bin.exists(), "no {name} binary at {}", bin.display());
-    bin
 }

@@ -1,0 +1,68 @@
+//! Everything a job needs, built once at start-up: the settings, the registry (reloadable), the
+//! key source and the clients. Jobs reach the clients that write (the account connector, the
+//! mailer) only through their [`crate::job::JobRun`].
+
+use std::sync::{Arc, RwLock};
+
+use shared::registry::Registry;
+use shared::registry::secrets::SecretSource;
+use shared::settings::Settings;
+
+use crate::account::Connector;
+use crate::alerts::Alerts;
+use crate::email::Mailer;
+use crate::import::store::ImportStore;
+use crate::metrics::WorkerMetrics;
+use crate::platform::PlatformClient;
+
+#[derive(Debug)]
+pub struct Deps {
+    pub settings: Settings,
+    registry: RwLock<Arc<Registry>>,
+    pub secrets: SecretSource,
+    pub http: reqwest::Client,
+    /// Opens sessions on tenants' accounts.
+    pub accounts: Connector,
+    pub mailer: Mailer,
+    /// What the import remembers per tenant (Redis; connects only when an option needs it).
+    pub store: ImportStore,
+    /// Alert state (Redis, under the fleet's key prefix).
+    pub alerts: Alerts,
+    /// The process's metrics (`/metrics` of `worker run`).
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+impl Deps {
+    pub fn build(
+        settings: Settings,
+        registry: Registry,
+        secrets: SecretSource,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: PlatformClient::http_client(&settings.platform)?,
+            accounts: Connector::from_settings(&settings)?,
+            mailer: Mailer::from_settings(&settings.smtp)?,
+            store: ImportStore::from_settings(&settings.redis)?,
+            alerts: Alerts::from_settings(&settings.redis)?,
+            metrics: Arc::new(WorkerMetrics::default()),
+            registry: RwLock::new(Arc::new(registry)),
+            secrets,
+            settings,
+        })
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        match self.registry.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a reloaded registry; jobs already running keep the one they started with.
+    pub fn replace_registry(&self, registry: Registry) {
+        match self.registry.write() {
+            Ok(mut r) => *r = Arc::new(registry),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(registry),
+        }
+    }
+}

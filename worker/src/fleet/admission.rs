@@ -1,0 +1,181 @@
+//! Admission of a delivery: decode it, refuse what cannot be this worker's, record a scheduled
+//! tick's first delivery, take the tenant's lock. The result is an [`Admission`] (the job may
+//! run) or the [`Disposition`] that settles the delivery without running anything.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use shared::amqp::{header, header_str, header_u32};
+use shared::job::{JobMessage, JobV1, Trigger};
+
+use super::FleetDeps;
+use super::disposition::{Disposition, HEADER_BUSY_BOUNCES, HEADER_HANDED_BACK};
+use super::events::JobEvent;
+use super::lock::LockGuard;
+use crate::deps::Deps;
+
+/// How many times a handed-back job may find its tenant locked before it is dead-lettered.
+const MAX_BUSY_BOUNCES: u32 = 20;
+
+/// A delivery whose job may run: its tenant is locked for it.
+#[derive(Debug)]
+pub struct Admission {
+    pub job: JobV1,
+    pub lock: LockGuard,
+}
+
+/// Decides whether `delivery` may run; fills in the event's tenant and job id on the way.
+pub async fn admit(
+    deps: &Deps,
+    fleet: &FleetDeps,
+    delivery: &Delivery,
+    attempt: u32,
+    event: &mut JobEvent,
+) -> Result<Admission, Disposition> {
+    let job = match JobMessage::decode(&delivery.data) {
+        Ok(JobMessage::V1(job)) => job,
+        Err(e) => {
+            tracing::warn!(error = %e, "poison message: dead-lettering");
+            return Err(Disposition::DeadLetter {
+                reason: "bad-message",
+                message: e.to_string(),
+            });
+        }
+    };
+    event.tenant = job.tenant.chars().take(64).collect();
+    event.job_id = job.job_id.to_string();
+    let span = tracing::Span::current();
+    span.record("tenant", event.tenant.as_str());
+    span.record("job_id", event.job_id.as_str());
+    span.record("attempt", attempt);
+
+    if let Some(refused) = refusal(deps, fleet, &job) {
+        tracing::warn!(reason = refused.reason(), "job refused: dead-lettering");
+        return Err(refused);
+    }
+    claim_tick(fleet, delivery, attempt, &job).await?;
+    match fleet.locks.acquire(&job.tenant).await {
+        Ok(Some(lock)) => Ok(Admission { job, lock }),
+        Ok(None) => Err(busy(deps, fleet, delivery)),
+        Err(e) => Err(redis_unavailable(fleet, "the tenant lock", &e).await),
+    }
+}
+
+/// What cannot be this worker's, before touching any lock.
+fn refusal(deps: &Deps, fleet: &FleetDeps, job: &JobV1) -> Option<Disposition> {
+    let region = &fleet.topology.region;
+    let (reason, message) = if job.region != *region {
+        (
+            "wrong-region",
+            format!(
+                "job for region {:?} on queue {}",
+                job.region, fleet.topology.queue
+            ),
+        )
+    } else {
+        match deps.registry().get(&job.tenant) {
+            None => (
+                "unknown-tenant",
+                format!(
+                    "no tenant {:?} in the registry",
+                    job.tenant.chars().take(64).collect::<String>()
+                ),
+            ),
+            Some(t) if !t.enabled && job.trigger == Trigger::Schedule => {
+                ("disabled-tenant", format!("tenant {} is disabled", t.name))
+            }
+            Some(t) if t.region.as_str() != region => (
+                "wrong-region",
+                format!("tenant {} belongs to region {}", t.name, t.region),
+            ),
+            Some(_) => return None,
+        }
+    };
+    Some(Disposition::DeadLetter { reason, message })
+}
+
+/// A scheduled tick published twice (a scheduler replica died between its publish and its
+/// commit, and another published the tick again) runs once: the first fresh delivery of the tick
+/// records its job id, and a fresh delivery of the same tick with another job id is a duplicate.
+/// Redeliveries, hand-backs and retries of the recorded job are not fresh.
+async fn claim_tick(
+    fleet: &FleetDeps,
+    delivery: &Delivery,
+    attempt: u32,
+    job: &JobV1,
+) -> Result<(), Disposition> {
+    let fresh = attempt == 0 && !delivery.redelivered && !handed_back(delivery);
+    if job.trigger != Trigger::Schedule || !fresh {
+        return Ok(());
+    }
+    let id = job.job_id.to_string();
+    match fleet
+        .locks
+        .claim_tick(&job.tenant, job.scheduled_for, &id)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::info!("this tick of the tenant was already delivered: duplicate, dropped");
+            Err(Disposition::Duplicate)
+        }
+        Err(e) => Err(redis_unavailable(fleet, "the tick record", &e).await),
+    }
+}
+
+/// Redis cannot be reached: the delivery goes back to the queue after a pause.
+async fn redis_unavailable(fleet: &FleetDeps, what: &str, e: &redis::RedisError) -> Disposition {
+    fleet.health.set_redis(false);
+    tracing::warn!(error = %e, "cannot reach Redis for {what}: handing back");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Disposition::HandBack {
+        reason: "redis-unavailable",
+    }
+}
+
+/// The tenant is locked. A fresh job is redundant with the one running: `skipped-busy`. A job that
+/// was already in progress somewhere (redelivered after a crash, handed back) must not be
+/// dropped: it waits in the first delay queue and tries again, a bounded number of times.
+fn busy(deps: &Deps, fleet: &FleetDeps, delivery: &Delivery) -> Disposition {
+    if !(delivery.redelivered || handed_back(delivery)) {
+        tracing::info!("tenant busy with another job: skipped");
+        deps.metrics.lock_contention("skipped-busy");
+        return Disposition::SkippedBusy;
+    }
+    let bounces = header_u32(&delivery.properties, HEADER_BUSY_BOUNCES).unwrap_or(0) + 1;
+    match fleet.topology.retry_delays.first().copied() {
+        Some(delay) if bounces <= MAX_BUSY_BOUNCES => {
+            tracing::info!(
+                bounces,
+                "tenant still locked for a handed-back job: waiting"
+            );
+            deps.metrics.lock_contention("bounced");
+            Disposition::RetryLater {
+                delay,
+                reason: "busy",
+                headers: vec![
+                    (HEADER_HANDED_BACK, AMQPValue::Boolean(true)),
+                    (HEADER_BUSY_BOUNCES, AMQPValue::LongUInt(bounces)),
+                ],
+                failure: false,
+            }
+        }
+        _ => {
+            deps.metrics.lock_contention("gave-up");
+            Disposition::DeadLetter {
+                reason: "tenant-locked-too-long",
+                message: "the tenant stayed locked through every wait".into(),
+            }
+        }
+    }
+}
+
+/// Whether the delivery carries the hand-back mark (it was in progress somewhere before).
+pub fn handed_back(delivery: &Delivery) -> bool {
+    header_str(&delivery.properties, HEADER_HANDED_BACK).is_some()
+        || matches!(
+            header(&delivery.properties, HEADER_HANDED_BACK),
+            Some(AMQPValue::Boolean(true))
+        )
+}

@@ -1,0 +1,22 @@
+//! Where things are on a tenant's account: the contract the tenant sees (docs/tenant-admin*.md).
+//! One place, so the pipeline's stages and the end-of-run record name the same paths.
+
+pub const UPLOAD_DIR: &str = "/uploads";
+/// The file to import; the tenant overwrites it each time.
+pub const UPLOAD_PATH: &str = "/uploads/user-import.csv";
+/// A file uploaded under this name is verified only (never imported), once per version.
+pub const VERIFY_UPLOAD_PATH: &str = "/uploads/user-import.verify.csv";
+/// With `skip_unchanged`: its presence makes the next import send every row (then it is removed).
+pub const FULL_FLAG_NAME: &str = "user-import.full";
+pub const FULL_FLAG_PATH: &str = "/uploads/user-import.full";
+/// The admin's confirmation of a file held by the mass-change guard.
+pub const CONFIRM_PATH: &str = "/uploads/user-import.confirm";
+/// The markers: `<sha1>.sha1` (imported), `<sha1>.verified`, `<sha1>.held`.
+pub const MARKER_DIR: &str = "/tmp";
+pub const REPORTS_DIR: &str = "/reports";
+/// The run summary of the latest run, whatever its outcome.
+pub const LATEST_SUMMARY_PATH: &str = "/reports/latest-summary.json";
+pub const ARCHIVE_DIR: &str = "/archive";
+pub const LOG_DIR: &str = "/log";
+/// The tenant's progress log, appended while a job runs.
+pub const LOG_PATH: &str = "/log/user-import.log";
