@@ -687,3 +687,62 @@ async fn an_sftp_account_can_log_in_with_a_private_key_from_the_secrets_folder()
         account.user
     );
 }
+
+/// Twelve uploads and lists on one FTPS session straight from the FTPS connector, so the
+/// session's own count of logins for fresh TLS tickets can be read.
+async fn twelve_transfers(server: &harness::ProftpdServer) -> u32 {
+    let account = server.create_account(&FULL);
+    let mut s = ftps_connector(&server.ca_file)
+        .connect(
+            &server.host,
+            server.port,
+            &account.user,
+            &ApiKey::new(account.password.clone()),
+        )
+        .await
+        .must_be("login");
+    for i in 0..12 {
+        s.upload(&format!("/tmp/f{i}.txt"), &mut &b"x"[..])
+            .await
+            .must_be("upload");
+        assert_eq!(s.list("/tmp").await.must().len(), i + 1);
+    }
+    let relogins = s.relogins();
+    Box::new(s).quit().await;
+    relogins
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proftpd_over_tls_1_2_resumes_the_one_control_session_on_every_data_connection() {
+    let server = harness::proftpd_tls12().await;
+    let relogins = twelve_transfers(server).await;
+    assert_eq!(relogins, 0, "a TLS 1.2 session is reused, never used up");
+    let log = std::fs::read_to_string(&server.tls_log).unwrap_or_default();
+    assert!(!log.contains("rejecting data connection"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("client reused TLS session for data connection"))
+            .count()
+            >= 24,
+        "every data connection resumed over TLS 1.2:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proftpd_over_tls_1_3_gets_fresh_tickets_instead_of_a_refused_data_connection() {
+    let server = harness::proftpd().await;
+    let relogins = twelve_transfers(server).await;
+    // ProFTPD gives two tickets at login and none on an upload: a new login every few uploads.
+    assert!(relogins > 0, "the tickets were never used up?");
+    let log = std::fs::read_to_string(&server.tls_log).unwrap_or_default();
+    assert!(!log.contains("rejecting data connection"), "{log}");
+    assert!(
+        log.contains("TLSv1.3 connection accepted"),
+        "the control connections spoke TLS 1.3:\n{log}"
+    );
+    assert!(
+        log.contains("client reused TLS session for data connection"),
+        "data connections resumed:\n{log}"
+    );
+    eprintln!("ProFTPD TLS 1.3: 24 data connections, {relogins} extra logins");
+}

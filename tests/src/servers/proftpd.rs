@@ -44,13 +44,27 @@ pub struct ProftpdServer {
     _server: Supervised,
 }
 
-/// The ProFTPD server of this test process, started on first use.
+/// The ProFTPD server of this test process (TLS 1.2 and 1.3: clients negotiate 1.3), started on
+/// first use.
 pub async fn proftpd() -> &'static ProftpdServer {
     static SERVER: OnceLock<ProftpdServer> = OnceLock::new();
-    if let Some(server) = SERVER.get() {
+    started(&SERVER, "TLSv1.2 TLSv1.3").await
+}
+
+/// A second ProFTPD that speaks TLS 1.2 only (the resumption of TLS 1.2 sessions).
+pub async fn proftpd_tls12() -> &'static ProftpdServer {
+    static SERVER: OnceLock<ProftpdServer> = OnceLock::new();
+    started(&SERVER, "TLSv1.2").await
+}
+
+async fn started(
+    cell: &'static OnceLock<ProftpdServer>,
+    protocols: &'static str,
+) -> &'static ProftpdServer {
+    if let Some(server) = cell.get() {
         return server;
     }
-    match tokio::task::spawn_blocking(|| SERVER.get_or_init(start)).await {
+    match tokio::task::spawn_blocking(move || cell.get_or_init(|| start(protocols))).await {
         Ok(server) => server,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -79,9 +93,9 @@ fn prepared_root() -> PathBuf {
     root
 }
 
-fn start() -> ProftpdServer {
+fn start(protocols: &str) -> ProftpdServer {
     let root = prepared_root();
-    let dir = process_dir().join("proftpd");
+    let dir = process_dir().join(format!("proftpd-{}", protocols.replace(' ', "-")));
     process::public_dir(&dir);
     let certs = certs::generate(&dir.join("certs"));
     let homes = dir.join("homes");
@@ -134,7 +148,7 @@ fn start() -> ProftpdServer {
              AllowOverwrite on\n\
              TLSEngine on\n\
              TLSRequired on\n\
-             TLSProtocol TLSv1.2 TLSv1.3\n\
+             TLSProtocol {protocols}\n\
              TLSRSACertificateFile {cert}\n\
              TLSRSACertificateKeyFile {key}\n\
              TLSVerifyClient off\n\
