@@ -5,7 +5,8 @@
 #   scripts/stack.sh status           one line per service: up/down, address, who started it
 #   scripts/stack.sh stop             stop what this script started (reused servers are left alone)
 #   scripts/stack.sh env              `export` lines for other scripts: eval "$(scripts/stack.sh env)"
-#   scripts/stack.sh install          only install the missing Debian packages (e.g. for CI)
+#   scripts/stack.sh install          only install the missing Debian packages (e.g. for CI), and
+#                                     unpack ProFTPD for the tests (scripts/proftpd-prepare.sh)
 #
 # Services, all on loopback:
 #   RabbitMQ  127.0.0.1:5672 guest/guest   reused when one answers, else `rabbitmq-server -detached`
@@ -42,7 +43,9 @@ WAIT_SECS=${UI_STACK_WAIT_SECS:-60}
 # Only ever edited when this script starts the broker itself (see ensure_consumer_timeout).
 RABBITMQ_CONF=${UI_RABBITMQ_CONF:-/etc/rabbitmq/rabbitmq.conf}
 RABBITMQ_ENV_CONF=${UI_RABBITMQ_ENV_CONF:-/etc/rabbitmq/rabbitmq-env.conf}
-PACKAGES=(rabbitmq-server redis-server redis-tools vsftpd python3-aiosmtpd openssl lftp curl)
+# openssh-server: the test suite's SFTP server (its own sshd on a random port; the package's own
+# service is not started here).
+PACKAGES=(rabbitmq-server redis-server redis-tools vsftpd python3-aiosmtpd openssl lftp curl openssh-server)
 # Debian's interpreter: it is the one that sees python3-aiosmtpd (a pyenv python3 on PATH does not).
 PYTHON=/usr/bin/python3
 
@@ -503,6 +506,8 @@ cmd_up() {
   load_ports record
   mkdir -p "$STATE" "$LOGS" "$RUN"
   install_missing_packages
+  # ProFTPD for the test suite, unpacked beside vsftpd (their packages conflict).
+  "$ROOT/scripts/proftpd-prepare.sh" >/dev/null
   rabbitmq_up
   redis_up
   vsftpd_up
@@ -600,6 +605,7 @@ main() {
   install)
     [[ $EUID -eq 0 ]] || die "run as root (apt-get needs it)"
     install_missing_packages
+    "$ROOT/scripts/proftpd-prepare.sh" >/dev/null
     ;;
   *) usage ;;
   esac

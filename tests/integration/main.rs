@@ -22,6 +22,10 @@
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
 //! - `dead_letters`: the jobs queue dead-letters at least once.
 //! - `redis_loss`: Redis losing data (empty restart, older snapshot, FLUSHALL) under the locks.
+//! - `transports`: the tenant's account through `worker::account::Connector` on vsftpd, ProFTPD
+//!   (TLS session reuse required) and OpenSSH SFTP (pinned host key): every operation, no data
+//!   connection refused, folders created, no partial upload, refused logins and host keys, lost
+//!   sessions logged in again.
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
@@ -44,3 +48,4 @@ mod security;
 mod services;
 mod tenant_files;
 mod tenant_options;
+mod transports;

@@ -32,7 +32,7 @@ use crate::domain::TenantName;
 pub use schedule::Schedule;
 pub use tenant::{
     Admin, AlertOptions, EmptyCells, FileOptions, ImportOptions, MassChangeGuard, Tenant,
-    TenantLimits,
+    TenantLimits, Transport,
 };
 
 /// An error in the registry file, pointing at the tenant and field at fault.

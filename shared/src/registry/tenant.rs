@@ -17,8 +17,15 @@ pub struct Tenant {
     pub portal_domain: PortalDomain,
     /// Base URL of the platform API for the tenant's region; calls are `POST <base>/<CallName>`.
     pub api_base_url: Url,
+    /// The file server's host, for FTPS and SFTP alike.
     pub ftps_host: String,
     pub ftps_port: u16,
+    /// How the tenant's account is reached (FTPS unless the registry says `transport = "sftp"`).
+    pub transport: Transport,
+    pub sftp_port: u16,
+    /// The SFTP server's host keys, OpenSSH format (`ssh-ed25519 AAAA…`): the server must present
+    /// one of them. Two during a key rotation. Always at least one when the transport is SFTP.
+    pub sftp_host_keys: Vec<String>,
     pub admin: Admin,
     pub schedule: Schedule,
     pub enabled: bool,
@@ -26,6 +33,70 @@ pub struct Tenant {
     pub import: ImportOptions,
     pub files: FileOptions,
     pub alerts: AlertOptions,
+}
+
+/// How the worker reaches a tenant's account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Explicit FTPS (AUTH TLS), the default.
+    #[default]
+    Ftps,
+    /// SFTP (SSH), with a pinned host key.
+    Sftp,
+}
+
+/// `sftp_host_key = "ssh-ed25519 AAAA…"`, or a list of them during a key rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum HostKeys {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for HostKeys {
+    fn default() -> Self {
+        HostKeys::Many(Vec::new())
+    }
+}
+
+impl HostKeys {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            HostKeys::One(k) => vec![k],
+            HostKeys::Many(v) => v,
+        }
+    }
+}
+
+/// The host key types the SFTP client verifies. RSA is not among them: pin the server's Ed25519
+/// or ECDSA key (OpenSSH servers have both by default).
+const HOST_KEY_TYPES: [&str; 4] = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+];
+
+/// `TYPE BASE64 [comment]`, of a type the client verifies; the key itself is read by the worker.
+fn check_host_key(key: &str) -> Result<(), String> {
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
+        return Err("must be an OpenSSH public key: \"ssh-ed25519 AAAA…\"".into());
+    };
+    if !HOST_KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "key type {kind:?} is not one of {} (pin the server's Ed25519 or ECDSA key)",
+            HOST_KEY_TYPES.join(", ")
+        ));
+    }
+    let base64 = data
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='));
+    if !base64 || data.len() % 4 != 0 || data.len() < 32 {
+        return Err("the key data is not base64".into());
+    }
+    Ok(())
 }
 
 /// The nominated admin: the identity the import acts as (recorded in the log and the report) and
@@ -201,6 +272,13 @@ struct RawTenant {
     ftps_host: String,
     #[serde(default = "default_ftps_port")]
     ftps_port: u16,
+    /// Read as text so that a wrong value is reported against this field.
+    #[serde(default)]
+    transport: Option<String>,
+    #[serde(default = "default_sftp_port")]
+    sftp_port: u16,
+    #[serde(default)]
+    sftp_host_key: HostKeys,
     admin: RawAdmin,
     #[serde(default = "default_schedule")]
     schedule: String,
@@ -227,6 +305,9 @@ struct RawAdmin {
 
 fn default_ftps_port() -> u16 {
     21
+}
+fn default_sftp_port() -> u16 {
+    22
 }
 fn default_schedule() -> String {
     Schedule::DEFAULT_EXPR.into()
@@ -276,6 +357,29 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
     }
     if raw.ftps_port == 0 {
         return Err(field("ftps_port", "must be 1 to 65535"));
+    }
+    let transport = match raw.transport.as_deref() {
+        None | Some("ftps") => Transport::Ftps,
+        Some("sftp") => Transport::Sftp,
+        Some(other) => {
+            return Err(field(
+                "transport",
+                format!("{other:?} is not \"ftps\" or \"sftp\""),
+            ));
+        }
+    };
+    if raw.sftp_port == 0 {
+        return Err(field("sftp_port", "must be 1 to 65535"));
+    }
+    let sftp_host_keys = raw.sftp_host_key.into_vec();
+    for key in &sftp_host_keys {
+        check_host_key(key).map_err(|m| field("sftp_host_key", m))?;
+    }
+    if transport == Transport::Sftp && sftp_host_keys.is_empty() {
+        return Err(field(
+            "sftp_host_key",
+            "is required with transport = \"sftp\": the server's host key is always verified",
+        ));
     }
     if raw.admin.username.trim().is_empty() || raw.admin.username.chars().any(char::is_control) {
         return Err(field("admin.username", "must be a non-empty user name"));
@@ -343,6 +447,9 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         api_base_url,
         ftps_host: raw.ftps_host,
         ftps_port: raw.ftps_port,
+        transport,
+        sftp_port: raw.sftp_port,
+        sftp_host_keys,
         admin: Admin {
             username: raw.admin.username,
             email,

@@ -265,3 +265,68 @@ fn file_and_alert_settings_have_safe_defaults_and_are_checked() {
     ));
     assert!(e.to_string().contains("no_file_dayz"), "{e}");
 }
+
+const HOST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ2f6r3l0C8xg8b0mU1qv8M2yYg3b6QmN6tZQ8J3a7c sftp-eu";
+
+#[test]
+fn the_transport_is_ftps_unless_the_tenant_says_sftp() {
+    let r = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.transport, Transport::Ftps);
+    assert_eq!(acme.sftp_port, 22);
+    assert!(acme.sftp_host_keys.is_empty());
+
+    let sftp = acme_with(
+        "limits = { api_concurrency = 4 }",
+        &format!(
+            "limits = {{ api_concurrency = 4 }}\ntransport = \"sftp\"\nsftp_port = 2222\nsftp_host_key = \"{HOST_KEY}\""
+        ),
+    );
+    let r = parse(&sftp).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.transport, Transport::Sftp);
+    assert_eq!(acme.sftp_port, 2222);
+    assert_eq!(acme.sftp_host_keys, vec![HOST_KEY.to_owned()]);
+}
+
+#[test]
+fn two_host_keys_can_be_pinned_during_a_rotation() {
+    let text = acme_with(
+        "limits = { api_concurrency = 4 }",
+        &format!(
+            "limits = {{ api_concurrency = 4 }}\ntransport = \"sftp\"\nsftp_host_key = [\"{HOST_KEY}\", \"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ8=\"]"
+        ),
+    );
+    let r = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let acme = r.get("acme").unwrap_or_else(|| panic!("acme"));
+    assert_eq!(acme.sftp_host_keys.len(), 2);
+}
+
+#[test]
+fn an_sftp_tenant_without_a_valid_pinned_host_key_is_refused() {
+    for (extra, field) in [
+        ("transport = \"sftp\"".to_owned(), "sftp_host_key"),
+        (
+            "transport = \"sftp\"\nsftp_host_key = \"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7\""
+                .to_owned(),
+            "sftp_host_key",
+        ),
+        (
+            "transport = \"sftp\"\nsftp_host_key = \"not a key\"".to_owned(),
+            "sftp_host_key",
+        ),
+        (
+            format!("transport = \"sftp\"\nsftp_host_key = \"{HOST_KEY}\"\nsftp_port = 0"),
+            "sftp_port",
+        ),
+        ("transport = \"scp\"".to_owned(), "transport"),
+    ] {
+        let e = error_of(&acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\n{extra}"),
+        ));
+        assert_eq!(e.tenant.as_deref(), Some("acme"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{extra}: {e}");
+    }
+}

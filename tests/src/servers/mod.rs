@@ -1,5 +1,7 @@
 //! The servers the harness starts itself, one module per server: `ftps` (vsftpd with explicit
-//! FTPS), `smtp` (the mail sink), `rabbitmq` (private broker nodes). They share `process`
+//! FTPS), `proftpd` (ProFTPD with explicit FTPS, run from the unpacked Debian packages), `sftp`
+//! (OpenSSH's sshd serving chrooted SFTP accounts), `smtp` (the mail sink), `rabbitmq` (private
+//! broker nodes). They share `process`
 //! (children, ports, readiness), `certs` (the test CA and TLS client config) and this process's
 //! scratch directory.
 //!
@@ -18,7 +20,9 @@
 pub mod certs;
 pub mod ftps;
 pub mod process;
+pub mod proftpd;
 pub mod rabbitmq;
+pub mod sftp;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
