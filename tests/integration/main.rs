@@ -34,6 +34,7 @@ mod harness;
 mod import_engine;
 mod observability;
 mod pipeline;
+mod rate_limit;
 mod scheduler;
 mod security;
 mod services;

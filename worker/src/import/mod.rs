@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use shared::registry::ImportOptions;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
 use crate::platform::{ApiError, PlatformClient};
-use apply::{ApplyContext, RowResult, RowStatus};
+use apply::{ApplyContext, CreateFirst, RowResult, RowStatus};
 use names::{NameSpill, PairSpill, key_hash};
 use reader::{BoundedReader, Item};
 use results::ResultsWriter;
@@ -116,19 +115,8 @@ pub struct ImportParams {
 
 const FIRST_PROBLEMS: usize = 50;
 
-/// Asked before every write: once it says stop, the import sends nothing more and ends as
-/// [`ImportError::Cancelled`]. A plain token for callers without a lock; the pipeline's
-/// `JobContext` also says stop once its tenant lock's lease has run out, which it knows without
-/// asking Redis (see `fleet::lock::Lease`).
-pub trait StopCheck: std::fmt::Debug + Send + Sync {
-    fn should_stop(&self) -> bool;
-}
-
-impl StopCheck for CancellationToken {
-    fn should_stop(&self) -> bool {
-        self.is_cancelled()
-    }
-}
+/// Defined beside the client; here for the code that names it from `import`.
+pub use crate::platform::StopCheck;
 
 /// Runs the import of `file`. Progress lines are sent to `progress` (the tenant log).
 pub async fn run(
@@ -201,6 +189,7 @@ pub async fn run(
     let absent = full_sync::absent_users(params, &first, file_users, progress).await?;
 
     let mandatory = Template::mandatory_keys(&fields);
+    let guesses = CreateFirst::default();
     let pass = Pass {
         file,
         delimiter,
@@ -209,6 +198,7 @@ pub async fn run(
         client,
         mandatory: &mandatory,
         cancel,
+        create_first: &guesses,
     };
 
     let guard = &params.options.mass_change_guard;
@@ -312,6 +302,7 @@ struct Pass<'a> {
     client: &'a PlatformClient,
     mandatory: &'a [(String, String)],
     cancel: &'a dyn StopCheck,
+    create_first: &'a CreateFirst,
 }
 
 impl Pass<'_> {
@@ -326,6 +317,7 @@ impl Pass<'_> {
             mandatory: self.mandatory,
             cancel: self.cancel,
             dry_run,
+            create_first: (!dry_run).then_some(self.create_first),
         };
         let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
         let reader = {
@@ -393,8 +385,15 @@ async fn one_row(
         .new_username
         .clone()
         .unwrap_or_else(|| username.clone());
-    if let Some(fp) = fingerprint.as_deref().filter(|_| !params.force_full)
-        && let Some((stored, at)) = store.fingerprint(tenant, &username).await?
+    // The store's answer also says whether the fleet ever wrote this user (see
+    // docs/platform-api.md, "the fleet knows it is new").
+    let stored = match fingerprint.as_deref().filter(|_| !params.force_full) {
+        Some(_) => Some(store.fingerprint(tenant, &username).await?),
+        None => None,
+    };
+    let known_new = matches!(stored, Some(None));
+    if let Some(fp) = fingerprint.as_deref()
+        && let Some(Some((stored, at))) = stored
     {
         let max_age = i64::from(options.skip_unchanged_max_age_days) * 86_400;
         if stored == fp && chrono::Utc::now().timestamp() - at < max_age {
@@ -410,7 +409,7 @@ async fn one_row(
             });
         }
     }
-    let r = apply::apply(ctx, input).await?;
+    let r = apply::apply(ctx, input, known_new).await?;
     if ctx.dry_run {
         return Ok(r);
     }
