@@ -29,10 +29,12 @@ pub enum MailError {
     Attachment(String),
 }
 
-/// The largest zipped report attached to an email, in bytes: 10 MiB, under the 25 MiB most mail
-/// providers accept once base64 has grown it by a third. A results CSV compresses about tenfold,
-/// so this covers roughly a million rows; a larger report is only on the tenant's account.
-pub const ZIP_ATTACHMENT_LIMIT: u64 = 10 * 1024 * 1024;
+/// The largest zipped report attached to an email, in bytes: 4 MiB. lettre holds the message in
+/// memory while sending (the attachment base64-encoded, then the formatted message: about 2.7×
+/// the zip at the peak), so this keeps the email under ~11 MiB on top of the worker's ~17 MiB
+/// and the process within its 32 MiB budget. A results CSV compresses about eightfold, so this
+/// covers some 800 k rows of a typical report; a larger report is only on the tenant's account.
+pub const ZIP_ATTACHMENT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// The CSV at `path` as a zip attachment named `<name>.zip` holding `<name>.csv` (`name` without
 /// an extension), or `None` when the zip is larger than `limit` bytes. The zip is written to a
