@@ -448,7 +448,8 @@ fn sniff_delimiter(file: &Path) -> Result<u8, ImportError> {
     for &b in &head[..n] {
         match b {
             b'"' => quoted = !quoted,
-            b'\n' if !quoted => break,
+            // The header ends at its line break, whichever the file uses (a lone CR too).
+            b'\n' | b'\r' if !quoted => break,
             b',' if !quoted => counts[0] += 1,
             b';' if !quoted => counts[1] += 1,
             b'\t' if !quoted => counts[2] += 1,
@@ -672,4 +673,19 @@ fn second_pass(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delimiter_is_read_from_the_header_line_whatever_its_ending() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f.csv");
+        // Semicolon header, lone-CR lines, data rows full of commas.
+        std::fs::write(&path, "Username;Surname\ra,b,c,d;x\re,f,g,h;y\r")?;
+        assert!(matches!(sniff_delimiter(&path), Ok(b';')));
+        Ok(())
+    }
 }
