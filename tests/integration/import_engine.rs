@@ -99,7 +99,7 @@ pub(crate) async fn import_with(
         progress_every: 100_000,
         max_record_bytes: Settings::default().import.max_record_bytes,
         verify: false,
-        confirmed: true,
+        confirmed: false,
         force_full: false,
         tenant: tenant.to_owned(),
         admin: "admin".into(),
@@ -380,5 +380,51 @@ async fn a_user_the_store_never_saw_is_created_without_a_read_and_a_409_falls_ba
         ),
         (11, 11, 0),
         "{calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_run_reads_each_user_once_the_plan_and_the_import_share_the_read() {
+    let fake = platform_fake::spawn(fake_config(Faults {
+        final_status_in_answer: true,
+        ..Faults::default()
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (domain, client) = tenant(&fake, &settings());
+    for i in 0..10 {
+        seed(&fake, &domain, &format!("u{i}"), "Sales");
+    }
+    let mut csv = HEADER.to_owned();
+    for i in 0..10 {
+        let dept = if i < 5 { "HR" } else { "Sales" };
+        csv.push_str(&format!("u{i},,F,S,u{i}@x.org,{dept}\n"));
+    }
+    for i in 0..3 {
+        csv.push_str(&format!("n{i},,F,S,n{i}@x.org,HR\n"));
+    }
+    // The plan runs (13 valid rows > 2) but does not hold (5 of 10 updated, 100 % allowed).
+    let mut options = ImportOptions::default();
+    options.mass_change_guard.max_update_count = 2;
+    options.mass_change_guard.max_update_percent = 100;
+    fake.reset_calls();
+    let got = import(&client, &csv, options, 4).await;
+    assert!(
+        got.progress.iter().any(|p| p.contains("mass-change guard")),
+        "the plan ran: {:?}",
+        got.progress
+    );
+    let c = &got.summary.counts;
+    assert_eq!((c.updated, c.unchanged, c.created), (5, 5, 3), "{c:?}");
+    let calls = fake.calls(&domain);
+    assert_eq!(
+        (calls.get("GetUser"), calls.get("SetUser")),
+        (13, 8),
+        "one read per row for plan and import together: {calls:?}"
+    );
+    assert_eq!(
+        fake.user(&domain, "u0")
+            .map(|u| u.profile["department"].clone()),
+        Some("HR".to_owned())
     );
 }

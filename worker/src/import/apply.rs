@@ -79,6 +79,16 @@ pub struct RowResult {
     pub message: String,
 }
 
+/// What a dry run read for a row (`GetUser`, and for a rename whose old name is gone, the new
+/// name's), kept by the mass-change guard's plan so that the import that follows reads no user
+/// twice. The import then works from a read as old as the plan: see docs/platform-api.md.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreRead {
+    pub line: u64,
+    pub current: Option<UserRecord>,
+    pub renamed: Option<UserRecord>,
+}
+
 /// Why the whole import stops at this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -135,17 +145,21 @@ impl CreateFirst {
 
 /// Applies `row`. `known_new`: the fleet's store has never seen this username (see
 /// docs/platform-api.md: the user is then created without a read, when the row allows it).
+/// `pre`: the plan's read of this row, used instead of reading again. A dry run returns what it
+/// read, for the next pass.
 pub async fn apply(
     ctx: &ApplyContext<'_>,
     row: RowInput,
     known_new: bool,
-) -> Result<RowResult, Stop> {
+    pre: Option<PreRead>,
+) -> Result<(RowResult, Option<PreRead>), Stop> {
     if ctx.cancel.should_stop() {
         return Err(Stop::Cancelled);
     }
     let mut steps: Vec<&'static str> = Vec::new();
     let line = row.line;
-    let result = run(ctx, &row, known_new, &mut steps).await;
+    let mut read = None;
+    let result = run(ctx, &row, known_new, pre, &mut read, &mut steps).await;
     let action = if steps.is_empty() {
         "none".to_owned()
     } else {
@@ -160,13 +174,16 @@ pub async fn apply(
     };
     // Always the row's own Username: a rename that failed must not be reported under the name
     // it asked for (which may be another user's).
-    Ok(RowResult {
-        line,
-        username: row.username.clone(),
-        action,
-        status,
-        message,
-    })
+    Ok((
+        RowResult {
+            line,
+            username: row.username.clone(),
+            action,
+            status,
+            message,
+        },
+        read.filter(|_| ctx.dry_run),
+    ))
 }
 
 enum Failure {
@@ -205,10 +222,13 @@ async fn run(
     ctx: &ApplyContext<'_>,
     row: &RowInput,
     known_new: bool,
+    pre: Option<PreRead>,
+    read: &mut Option<PreRead>,
     steps: &mut Vec<&'static str>,
 ) -> Result<(RowStatus, String), Failure> {
     let c = ctx.client;
-    if may_create_first(ctx, row, known_new)
+    if pre.is_none()
+        && may_create_first(ctx, row, known_new)
         && let Some(guesses) = ctx.create_first
     {
         match create(ctx, row, steps).await? {
@@ -225,12 +245,29 @@ async fn run(
             }
         }
     }
-    let mut current = c.get_user(&row.username).await?;
+    let (mut current, renamed) = match pre {
+        Some(p) => (p.current, p.renamed),
+        None => {
+            let current = c.get_user(&row.username).await?;
+            let renamed = match (&current, &row.new_username) {
+                (None, Some(new)) => c.get_user(new).await?,
+                _ => None,
+            };
+            (current, renamed)
+        }
+    };
+    if ctx.dry_run {
+        *read = Some(PreRead {
+            line: row.line,
+            current: current.clone(),
+            renamed: renamed.clone(),
+        });
+    }
     let mut uid = row.username.clone();
     let mut rename = row.new_username.clone();
     if current.is_none()
         && let Some(new) = &row.new_username
-        && let Some(renamed) = c.get_user(new).await?
+        && let Some(renamed) = renamed
     {
         // Renamed by an earlier run: carry on with the new name.
         current = Some(renamed);
