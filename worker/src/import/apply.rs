@@ -113,32 +113,56 @@ pub struct ApplyContext<'a> {
 }
 
 /// The run's record of creates sent without a `GetUser` first: a `409` means the guess was
-/// wrong (the row then goes the update path, one call more). Once more than 5 + 10 % of the
-/// guesses were wrong, the run stops guessing: a store that knows little costs at most about 10 %
-/// more calls, never a doubling.
+/// wrong (the row then goes the update path, one call more). Guesses start slowly — at most 4 in
+/// flight, one more for each that proved right — and stop for the rest of the run once more than
+/// 5 + 10 % of them were wrong, so a store that knows little costs about ten calls, not one per
+/// row in flight.
 #[derive(Debug, Default)]
 pub struct CreateFirst {
-    tried: AtomicU64,
-    conflicts: AtomicU64,
+    in_flight: AtomicU64,
+    right: AtomicU64,
+    wrong: AtomicU64,
+}
+
+/// How a guess turned out.
+enum Guess {
+    Right,
+    Wrong,
+    /// The create failed otherwise: says nothing about the guess.
+    Unknown,
 }
 
 impl CreateFirst {
-    pub fn allowed(&self) -> bool {
-        self.conflicts.load(Ordering::Relaxed) <= 5 + self.tried.load(Ordering::Relaxed) / 10
-    }
-
-    fn record(&self, conflict: bool) {
-        self.tried.fetch_add(1, Ordering::Relaxed);
-        if conflict {
-            self.conflicts.fetch_add(1, Ordering::Relaxed);
+    /// Reserves a guess when the run still guesses and has room for one more in flight.
+    fn try_start(&self) -> bool {
+        let (right, wrong) = (
+            self.right.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+        );
+        if wrong > 5 + (right + wrong) / 10 {
+            return false;
         }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= 4 + right {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
-    /// (creates tried without a read, of which answered 409).
+    fn done(&self, guess: Guess) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match guess {
+            Guess::Right => self.right.fetch_add(1, Ordering::Relaxed),
+            Guess::Wrong => self.wrong.fetch_add(1, Ordering::Relaxed),
+            Guess::Unknown => 0,
+        };
+    }
+
+    /// (guesses that were right, guesses answered 409).
     pub fn figures(&self) -> (u64, u64) {
         (
-            self.tried.load(Ordering::Relaxed),
-            self.conflicts.load(Ordering::Relaxed),
+            self.right.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
         )
     }
 }
@@ -211,7 +235,6 @@ fn may_create_first(ctx: &ApplyContext<'_>, row: &RowInput, known_new: bool) -> 
     known_new
         && !ctx.dry_run
         && row.new_username.is_none()
-        && ctx.create_first.is_some_and(CreateFirst::allowed)
         && ctx
             .mandatory
             .iter()
@@ -230,17 +253,22 @@ async fn run(
     if pre.is_none()
         && may_create_first(ctx, row, known_new)
         && let Some(guesses) = ctx.create_first
+        && guesses.try_start()
     {
-        match create(ctx, row, steps).await? {
+        let created = create(ctx, row, steps).await;
+        guesses.done(match &created {
+            Ok(Created::Yes) => Guess::Right,
+            Ok(Created::Exists) => Guess::Wrong,
+            Err(_) => Guess::Unknown,
+        });
+        match created? {
             Created::Yes => {
-                guesses.record(false);
                 let status =
                     state_change(ctx, row, None, &row.username, RowStatus::Created, steps).await?;
                 return Ok((status, String::new()));
             }
             // Exists after all: the usual path below, from the read.
             Created::Exists => {
-                guesses.record(true);
                 steps.pop();
             }
         }
