@@ -46,6 +46,9 @@ services() {
   scripts/stack.sh up
   scripts/stack.sh status
 }
+# What this run's stack started is stopped when the run ends, pass or fail: a later run (another
+# clone on this machine) must find the stack's ports free.
+trap 'scripts/stack.sh stop >/dev/null 2>&1 || true' EXIT
 
 step "services" services
 step "cargo fmt --check" cargo fmt --all --check

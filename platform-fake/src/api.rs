@@ -53,8 +53,15 @@ async fn admit(
     let (domain, faults) = {
         let mut store = app.store.lock();
         let domain = auth::authenticate(&store, headers).map_err(reply::unauthenticated)?;
+        let within_limit = store.count_request();
         if let Some(tenant) = store.tenant_mut(&domain) {
             tenant.calls.record(call);
+            if !within_limit {
+                tenant.calls.injected_429 += 1;
+            }
+        }
+        if !within_limit {
+            return Err(reply::rate_limited(1));
         }
         (domain, store.faults.clone())
     };
@@ -166,9 +173,25 @@ fn get_user(app: &App, domain: &str, body: &[u8]) -> Answer {
     Ok(Json(user_json(user)).into_response())
 }
 
-fn accepted(tid: &str) -> Response {
-    let body =
-        json!({ "tid": tid, "status": crate::state::status::PENDING, "message": "accepted" });
+/// `202` with the tid; its body carries the final status when the faults say so and it is final
+/// already, else "pending".
+fn accepted(app: &App, domain: &str, tid: &str) -> Response {
+    let inline = {
+        let store = app.store.lock();
+        store
+            .faults
+            .final_status_in_answer
+            .then(|| store.status(domain, tid, Instant::now()))
+    };
+    let body = match inline {
+        Some(StatusLookup::Found(view)) if view.status != crate::state::status::PENDING => json!({
+            "tid": tid,
+            "status": view.status,
+            "message": view.message,
+            "errors": view.errors,
+        }),
+        _ => json!({ "tid": tid, "status": crate::state::status::PENDING, "message": "accepted" }),
+    };
     (
         StatusCode::ACCEPTED,
         [(LOCATION, format!("/status/{tid}"))],
@@ -183,7 +206,8 @@ fn set_user(app: &App, domain: &str, body: &[u8]) -> Answer {
     let tenant = store.tenant_mut(domain).ok_or_else(tenant_gone)?;
     let outcome = tenant.set_user(command)?;
     let tid = store.submit(domain, outcome, Instant::now());
-    Ok(accepted(&tid))
+    drop(store);
+    Ok(accepted(app, domain, &tid))
 }
 
 fn set_users(app: &App, domain: &str, body: &[u8]) -> Answer {
@@ -192,7 +216,8 @@ fn set_users(app: &App, domain: &str, body: &[u8]) -> Answer {
     let tenant = store.tenant_mut(domain).ok_or_else(tenant_gone)?;
     let outcome = tenant.set_users(command)?;
     let tid = store.submit(domain, outcome, Instant::now());
-    Ok(accepted(&tid))
+    drop(store);
+    Ok(accepted(app, domain, &tid))
 }
 
 fn delete_user(app: &App, domain: &str, body: &[u8]) -> Answer {

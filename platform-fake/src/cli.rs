@@ -92,6 +92,7 @@ impl Cli {
             status_delay_ms: self.status_delay_ms,
             timeout_rate: self.timeout_rate,
             drop_rate: self.drop_rate,
+            ..Faults::default()
         }
     }
 

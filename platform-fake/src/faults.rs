@@ -30,6 +30,13 @@ pub struct Faults {
     pub timeout_rate: f64,
     /// 0.0..=1.0: the share of calls whose TCP connection is closed without an answer.
     pub drop_rate: f64,
+    /// The platform's own rate limit (0: none): a request beyond this many in one wall-clock
+    /// second, all tenants together, is answered 429 with `Retry-After: 1`.
+    pub requests_per_second_limit: u64,
+    /// A write whose status is final at once (`status_delay_ms = 0`) says so in its `202` body
+    /// (`status` 2 or 3 with `errors`), as a platform that completes quick writes inline would:
+    /// a client that reads the body needs no poll.
+    pub final_status_in_answer: bool,
 }
 
 impl Default for Faults {
@@ -42,6 +49,8 @@ impl Default for Faults {
             status_delay_ms: 0,
             timeout_rate: 0.0,
             drop_rate: 0.0,
+            requests_per_second_limit: 0,
+            final_status_in_answer: false,
         }
     }
 }

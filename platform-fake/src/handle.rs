@@ -142,6 +142,13 @@ impl FakeHandle {
             .unwrap_or_default()
     }
 
+    /// Authenticated requests per wall-clock second (Unix time, ascending), all tenants
+    /// together: what the platform's rate limit sees.
+    pub fn requests_per_second(&self) -> Vec<(u64, u64)> {
+        let store = self.store.lock();
+        store.per_second.iter().map(|(s, n)| (*s, *n)).collect()
+    }
+
     /// Zeroes every tenant's call counters.
     pub fn reset_calls(&self) {
         let mut store = self.store.lock();

@@ -56,6 +56,9 @@ pub(crate) struct Store {
     tenants: HashMap<String, Tenant>,
     tasks: HashMap<String, Task>,
     pub faults: Faults,
+    /// Authenticated requests by wall-clock second (Unix time), all tenants: what a platform's
+    /// rate limit counts. The last hour is kept.
+    pub per_second: BTreeMap<u64, u64>,
 }
 
 impl Store {
@@ -92,6 +95,23 @@ impl Store {
         };
         self.tasks.insert(tid.clone(), task);
         tid
+    }
+
+    /// Counts one request in the current wall-clock second; `false` when that goes beyond the
+    /// configured `requests_per_second_limit` (the request is then answered 429).
+    pub(crate) fn count_request(&mut self) -> bool {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let n = self.per_second.entry(second).or_insert(0);
+        *n += 1;
+        let within = self.faults.requests_per_second_limit == 0
+            || *n <= self.faults.requests_per_second_limit;
+        if self.per_second.len() > 3600 {
+            self.per_second.pop_first();
+        }
+        within
     }
 
     /// What `domain` sees for `tid` at `now`.

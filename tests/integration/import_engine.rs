@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use platform_fake::{FakeHandle, FakeUser};
+use platform_fake::{FakeHandle, FakeUser, Faults};
 use shared::registry::{ImportOptions, Registry};
 use shared::settings::Settings;
 use worker::import::{ImportParams, ImportSummary, Run};
@@ -64,6 +64,33 @@ pub(crate) async fn import(
     options: ImportOptions,
     concurrency: usize,
 ) -> Imported {
+    let store =
+        worker::import::store::ImportStore::from_settings(&shared::settings::RedisSettings {
+            url: shared::secret::Secret::default(),
+            key_prefix: "engine".into(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    import_with(client, csv, options, concurrency, store, "ie").await
+}
+
+/// A store on the test stack's Redis, under a key prefix of its own.
+pub(crate) fn redis_store() -> worker::import::store::ImportStore {
+    worker::import::store::ImportStore::from_settings(&shared::settings::RedisSettings {
+        url: shared::secret::Secret::new(harness::redis_url()),
+        key_prefix: harness::unique("engine"),
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Imports `csv` for tenant `tenant` of `store`.
+pub(crate) async fn import_with(
+    client: &PlatformClient,
+    csv: &str,
+    options: ImportOptions,
+    concurrency: usize,
+    store: worker::import::store::ImportStore,
+    tenant: &str,
+) -> Imported {
     let params = ImportParams {
         options,
         concurrency,
@@ -71,17 +98,11 @@ pub(crate) async fn import(
         progress_every: 100_000,
         max_record_bytes: Settings::default().import.max_record_bytes,
         verify: false,
-        confirmed: true,
+        confirmed: false,
         force_full: false,
-        tenant: harness::unique("ie"),
+        tenant: tenant.to_owned(),
         admin: "admin".into(),
-        store: worker::import::store::ImportStore::from_settings(
-            &shared::settings::RedisSettings {
-                url: shared::secret::Secret::default(),
-                key_prefix: "engine".into(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
+        store,
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let local = dir.path().join("user-import.csv");
@@ -231,5 +252,180 @@ async fn duplicate_usernames_are_counted_invalid_by_validation() {
             .any(|p| p.contains("validated 5 rows: 3 invalid (3 of them for a username")),
         "{:?}",
         got.progress
+    );
+}
+
+fn fake_config(faults: Faults) -> platform_fake::FakeConfig {
+    platform_fake::FakeConfig {
+        faults,
+        ..Default::default()
+    }
+}
+
+fn seed(fake: &FakeHandle, domain: &str, name: &str, department: &str) {
+    fake.insert_user(
+        domain,
+        FakeUser::new(name)
+            .with_field("forename", "F")
+            .with_field("surname", "S")
+            .with_field("mail", format!("{name}@x.org"))
+            .with_field("department", department),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_final_needs_no_status_poll_and_a_pending_one_is_polled() {
+    let fake = platform_fake::spawn(fake_config(Faults {
+        final_status_in_answer: true,
+        ..Faults::default()
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (domain, client) = tenant(&fake, &settings());
+    seed(&fake, &domain, "same", "Sales");
+    seed(&fake, &domain, "moved", "Sales");
+    let csv = format!(
+        "{HEADER}same,,F,S,same@x.org,Sales\nmoved,,F,S,moved@x.org,HR\nfresh,,F,S,fresh@x.org,HR\n"
+    );
+    fake.reset_calls();
+    let got = import(&client, &csv, ImportOptions::default(), 2).await;
+    let c = &got.summary.counts;
+    assert_eq!((c.unchanged, c.updated, c.created), (1, 1, 1), "{c:?}");
+    let calls = fake.calls(&domain);
+    // Unchanged 1 (GetUser), changed 2, new 2 (GetUser 404 + create); no poll at all.
+    assert_eq!(
+        (
+            calls.get("GetUser"),
+            calls.get("SetUser"),
+            calls.get("status")
+        ),
+        (3, 2, 0),
+        "{calls:?}"
+    );
+
+    // Pending answers are polled, and only after a wait: one poll each when the write is final
+    // by then.
+    fake.set_faults(Faults {
+        final_status_in_answer: true,
+        status_delay_ms: 5,
+        ..Faults::default()
+    });
+    let csv = format!("{HEADER}fresh2,,F,S,f2@x.org,HR\nfresh3,,F,S,f3@x.org,HR\n");
+    fake.reset_calls();
+    let got = import(&client, &csv, ImportOptions::default(), 2).await;
+    assert_eq!(got.summary.counts.created, 2);
+    assert_eq!(
+        fake.calls(&domain).get("status"),
+        2,
+        "{:?}",
+        fake.calls(&domain)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_store_never_saw_is_created_without_a_read_and_a_409_falls_back_to_update() {
+    let fake = platform_fake::spawn(fake_config(Faults {
+        final_status_in_answer: true,
+        ..Faults::default()
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (domain, client) = tenant(&fake, &settings());
+    // On the platform, but never written by the fleet: the guess is wrong for this one.
+    seed(&fake, &domain, "old", "Sales");
+    let mut csv = HEADER.to_owned();
+    for i in 0..10 {
+        csv.push_str(&format!("new{i},,F,S,n{i}@x.org,HR\n"));
+    }
+    csv.push_str("old,,F,S,old@x.org,HR\n");
+    let options = ImportOptions {
+        skip_unchanged: true,
+        ..ImportOptions::default()
+    };
+    let store = redis_store();
+    fake.reset_calls();
+    // Concurrency 1: at most 4 rows in flight, all within the first guesses a run allows (more
+    // in flight take the read path until guesses prove right).
+    let got = import_with(&client, &csv, options.clone(), 1, store.clone(), "t").await;
+    let c = &got.summary.counts;
+    assert_eq!((c.created, c.updated), (10, 1), "{c:?}");
+    let calls = fake.calls(&domain);
+    // 10 new: one create each. old: create (409), GetUser, update.
+    assert_eq!(
+        (
+            calls.get("GetUser"),
+            calls.get("SetUser"),
+            calls.create_conflicts
+        ),
+        (1, 12, 1),
+        "{calls:?}"
+    );
+    assert_eq!(
+        fake.user(&domain, "old")
+            .map(|u| u.profile["department"].clone()),
+        Some("HR".to_owned()),
+        "the 409 went the update path"
+    );
+
+    // The same users changed: now known to the store, so read first, never a blind create.
+    let csv = csv.replace(",HR\n", ",Sales\n");
+    fake.reset_calls();
+    let got = import_with(&client, &csv, options, 2, store, "t").await;
+    assert_eq!(got.summary.counts.updated, 11);
+    let calls = fake.calls(&domain);
+    assert_eq!(
+        (
+            calls.get("GetUser"),
+            calls.get("SetUser"),
+            calls.create_conflicts
+        ),
+        (11, 11, 0),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_run_reads_each_user_once_the_plan_and_the_import_share_the_read() {
+    let fake = platform_fake::spawn(fake_config(Faults {
+        final_status_in_answer: true,
+        ..Faults::default()
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (domain, client) = tenant(&fake, &settings());
+    for i in 0..10 {
+        seed(&fake, &domain, &format!("u{i}"), "Sales");
+    }
+    let mut csv = HEADER.to_owned();
+    for i in 0..10 {
+        let dept = if i < 5 { "HR" } else { "Sales" };
+        csv.push_str(&format!("u{i},,F,S,u{i}@x.org,{dept}\n"));
+    }
+    for i in 0..3 {
+        csv.push_str(&format!("n{i},,F,S,n{i}@x.org,HR\n"));
+    }
+    // The plan runs (13 valid rows > 2) but does not hold (5 of 10 updated, 100 % allowed).
+    let mut options = ImportOptions::default();
+    options.mass_change_guard.max_update_count = 2;
+    options.mass_change_guard.max_update_percent = 100;
+    fake.reset_calls();
+    let got = import(&client, &csv, options, 4).await;
+    assert!(
+        got.progress.iter().any(|p| p.contains("mass-change guard")),
+        "the plan ran: {:?}",
+        got.progress
+    );
+    let c = &got.summary.counts;
+    assert_eq!((c.updated, c.unchanged, c.created), (5, 5, 3), "{c:?}");
+    let calls = fake.calls(&domain);
+    assert_eq!(
+        (calls.get("GetUser"), calls.get("SetUser")),
+        (13, 8),
+        "one read per row for plan and import together: {calls:?}"
+    );
+    assert_eq!(
+        fake.user(&domain, "u0")
+            .map(|u| u.profile["department"].clone()),
+        Some("HR".to_owned())
     );
 }

@@ -42,6 +42,7 @@ mod monitoring;
 mod observability;
 mod otlp_http;
 mod pipeline;
+mod rate_limit;
 mod redis_loss;
 mod scheduler;
 mod security;

@@ -36,6 +36,9 @@ enum Command {
         latency_ms: u64,
         #[arg(long, default_value_t = 5)]
         poll_ms: u64,
+        /// The fake answers a write's final status in its 202 (no poll needed).
+        #[arg(long)]
+        final_in_answer: bool,
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             latency_ms,
             poll_ms,
+            final_in_answer,
             work_dir,
         } => {
             let dir = tempfile::tempdir_in(work_dir.unwrap_or_else(std::env::temp_dir))?;
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                     c,
                     latency_ms,
                     Duration::from_millis(poll_ms),
+                    final_in_answer,
                     dir.path(),
                 )
                 .await?;
@@ -148,13 +153,17 @@ async fn main() -> anyhow::Result<()> {
 
 /// A platform fake in this process, one tenant, `latency_ms` added to every call; keep the handle
 /// alive while it is used.
-async fn in_process_fake(latency_ms: u64) -> anyhow::Result<(platform_fake::FakeHandle, Platform)> {
+async fn in_process_fake(
+    latency_ms: u64,
+    final_in_answer: bool,
+) -> anyhow::Result<(platform_fake::FakeHandle, Platform)> {
     let domain = "bench.learning-admin.com";
     let key = "bench-key";
     let fake = platform_fake::spawn(FakeConfig {
         tenants: vec![TenantSeed::new(domain, key)],
         faults: Faults {
             latency_ms,
+            final_status_in_answer: final_in_answer,
             ..Faults::default()
         },
     })
@@ -172,9 +181,10 @@ async fn rate(
     concurrency: usize,
     latency_ms: u64,
     poll: Duration,
+    final_in_answer: bool,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let (fake, platform) = in_process_fake(latency_ms).await?;
+    let (fake, platform) = in_process_fake(latency_ms, final_in_answer).await?;
     let tenant = bench::import::tenant(&platform)?;
     let settings = bench::import::platform_settings(poll);
     let http = PlatformClient::http_client(&settings)?;
@@ -247,7 +257,7 @@ async fn options(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use shared::registry::{ImportOptions, MassChangeGuard};
-    let (fake, platform) = in_process_fake(latency_ms).await?;
+    let (fake, platform) = in_process_fake(latency_ms, false).await?;
     let tenant = bench::import::tenant(&platform)?;
     let settings = bench::import::platform_settings(poll);
     let http = PlatformClient::http_client(&settings)?;

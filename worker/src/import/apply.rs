@@ -5,6 +5,7 @@
 //! earlier attempt did get through) falls back to the update path once. Users are never deleted.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -78,6 +79,16 @@ pub struct RowResult {
     pub message: String,
 }
 
+/// What a dry run read for a row (`GetUser`, and for a rename whose old name is gone, the new
+/// name's), kept by the mass-change guard's plan so that the import that follows reads no user
+/// twice. The import then works from a read as old as the plan: see docs/platform-api.md.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreRead {
+    pub line: u64,
+    pub current: Option<UserRecord>,
+    pub renamed: Option<UserRecord>,
+}
+
 /// Why the whole import stops at this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -97,15 +108,82 @@ pub struct ApplyContext<'a> {
     pub cancel: &'a dyn StopCheck,
     /// Verify-only (and the mass-change guard's plan): read with `GetUser`, decide, write nothing.
     pub dry_run: bool,
+    /// Creating a user the fleet knows is new without reading it first (never in a dry run).
+    pub create_first: Option<&'a CreateFirst>,
 }
 
-pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, Stop> {
+/// The run's record of creates sent without a `GetUser` first: a `409` means the guess was
+/// wrong (the row then goes the update path, one call more). Guesses start slowly — at most 4 in
+/// flight, one more for each that proved right — and stop for the rest of the run once more than
+/// 5 + 10 % of them were wrong, so a store that knows little costs about ten calls, not one per
+/// row in flight.
+#[derive(Debug, Default)]
+pub struct CreateFirst {
+    in_flight: AtomicU64,
+    right: AtomicU64,
+    wrong: AtomicU64,
+}
+
+/// How a guess turned out.
+enum Guess {
+    Right,
+    Wrong,
+    /// The create failed otherwise: says nothing about the guess.
+    Unknown,
+}
+
+impl CreateFirst {
+    /// Reserves a guess when the run still guesses and has room for one more in flight.
+    fn try_start(&self) -> bool {
+        let (right, wrong) = (
+            self.right.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+        );
+        if wrong > 5 + (right + wrong) / 10 {
+            return false;
+        }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= 4 + right {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn done(&self, guess: Guess) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match guess {
+            Guess::Right => self.right.fetch_add(1, Ordering::Relaxed),
+            Guess::Wrong => self.wrong.fetch_add(1, Ordering::Relaxed),
+            Guess::Unknown => 0,
+        };
+    }
+
+    /// (guesses that were right, guesses answered 409).
+    pub fn figures(&self) -> (u64, u64) {
+        (
+            self.right.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Applies `row`. `known_new`: the fleet's store has never seen this username (see
+/// docs/platform-api.md: the user is then created without a read, when the row allows it).
+/// `pre`: the plan's read of this row, used instead of reading again. A dry run returns what it
+/// read, for the next pass.
+pub async fn apply(
+    ctx: &ApplyContext<'_>,
+    row: RowInput,
+    known_new: bool,
+    pre: Option<PreRead>,
+) -> Result<(RowResult, Option<PreRead>), Stop> {
     if ctx.cancel.should_stop() {
         return Err(Stop::Cancelled);
     }
     let mut steps: Vec<&'static str> = Vec::new();
     let line = row.line;
-    let result = run(ctx, &row, &mut steps).await;
+    let mut read = None;
+    let result = run(ctx, &row, known_new, pre, &mut read, &mut steps).await;
     let action = if steps.is_empty() {
         "none".to_owned()
     } else {
@@ -120,13 +198,16 @@ pub async fn apply(ctx: &ApplyContext<'_>, row: RowInput) -> Result<RowResult, S
     };
     // Always the row's own Username: a rename that failed must not be reported under the name
     // it asked for (which may be another user's).
-    Ok(RowResult {
-        line,
-        username: row.username.clone(),
-        action,
-        status,
-        message,
-    })
+    Ok((
+        RowResult {
+            line,
+            username: row.username.clone(),
+            action,
+            status,
+            message,
+        },
+        read.filter(|_| ctx.dry_run),
+    ))
 }
 
 enum Failure {
@@ -147,18 +228,74 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// Whether `row` may be created without reading the user first: known to be new, no rename
+/// (the old name may exist), every mandatory field there (else an existing user's row would be
+/// refused for lacking them), and the run has not given up guessing.
+fn may_create_first(ctx: &ApplyContext<'_>, row: &RowInput, known_new: bool) -> bool {
+    known_new
+        && !ctx.dry_run
+        && row.new_username.is_none()
+        && ctx
+            .mandatory
+            .iter()
+            .all(|(key, _)| row.profile.iter().any(|(k, v)| k == key && !v.is_empty()))
+}
+
 async fn run(
     ctx: &ApplyContext<'_>,
     row: &RowInput,
+    known_new: bool,
+    pre: Option<PreRead>,
+    read: &mut Option<PreRead>,
     steps: &mut Vec<&'static str>,
 ) -> Result<(RowStatus, String), Failure> {
     let c = ctx.client;
-    let mut current = c.get_user(&row.username).await?;
+    if pre.is_none()
+        && may_create_first(ctx, row, known_new)
+        && let Some(guesses) = ctx.create_first
+        && guesses.try_start()
+    {
+        let created = create(ctx, row, steps).await;
+        guesses.done(match &created {
+            Ok(Created::Yes) => Guess::Right,
+            Ok(Created::Exists) => Guess::Wrong,
+            Err(_) => Guess::Unknown,
+        });
+        match created? {
+            Created::Yes => {
+                let status =
+                    state_change(ctx, row, None, &row.username, RowStatus::Created, steps).await?;
+                return Ok((status, String::new()));
+            }
+            // Exists after all: the usual path below, from the read.
+            Created::Exists => {
+                steps.pop();
+            }
+        }
+    }
+    let (mut current, renamed) = match pre {
+        Some(p) => (p.current, p.renamed),
+        None => {
+            let current = c.get_user(&row.username).await?;
+            let renamed = match (&current, &row.new_username) {
+                (None, Some(new)) => c.get_user(new).await?,
+                _ => None,
+            };
+            (current, renamed)
+        }
+    };
+    if ctx.dry_run {
+        *read = Some(PreRead {
+            line: row.line,
+            current: current.clone(),
+            renamed: renamed.clone(),
+        });
+    }
     let mut uid = row.username.clone();
     let mut rename = row.new_username.clone();
     if current.is_none()
         && let Some(new) = &row.new_username
-        && let Some(renamed) = c.get_user(new).await?
+        && let Some(renamed) = renamed
     {
         // Renamed by an earlier run: carry on with the new name.
         current = Some(renamed);
@@ -166,7 +303,7 @@ async fn run(
         rename = None;
     }
     let mut notes: Vec<String> = Vec::new();
-    let mut status = match current {
+    let status = match current {
         None => match create(ctx, row, steps).await? {
             Created::Yes => RowStatus::Created,
             Created::Exists => {
@@ -200,9 +337,22 @@ async fn run(
     } else if uid != row.username {
         notes.push(format!("already renamed to {uid:?}"));
     }
-    let wanted = row.state;
-    if let Some(change) = wanted {
-        let already = match (&current, change) {
+    let status = state_change(ctx, row, current.as_ref(), &uid, status, steps).await?;
+    Ok((status, notes.join("; ")))
+}
+
+/// Activates or deactivates the user when the row asks for a state it does not have.
+async fn state_change(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    current: Option<&UserRecord>,
+    uid: &str,
+    mut status: RowStatus,
+    steps: &mut Vec<&'static str>,
+) -> Result<RowStatus, Failure> {
+    let c = ctx.client;
+    if let Some(change) = row.state {
+        let already = match (current, change) {
             (None, StateChange::Activate) => true, // new users start activated
             (None, StateChange::Deactivate) => false,
             (Some(u), StateChange::Activate) => is_state(u, "activated"),
@@ -219,7 +369,7 @@ async fn run(
                 let tid = c
                     .set_user(&json!({"params": {"action": action, "uid": uid}}))
                     .await?;
-                follow(c, &tid, &uid).await?;
+                follow(c, &tid, uid).await?;
             }
             status = match change {
                 // Counted apart from updates: a deactivation by the row's Account state.
@@ -230,7 +380,7 @@ async fn run(
             };
         }
     }
-    Ok((status, notes.join("; ")))
+    Ok(status)
 }
 
 /// Stops before a write once the job is cancelled.
@@ -360,13 +510,17 @@ async fn update(
 }
 
 /// Follows an accepted write to its final status.
-async fn follow(c: &PlatformClient, tid: &crate::platform::Tid, uid: &str) -> Result<(), Failure> {
+async fn follow(
+    c: &PlatformClient,
+    tid: &crate::platform::Accepted,
+    uid: &str,
+) -> Result<(), Failure> {
     match c.wait_for(tid, uid).await? {
         WriteResult::Succeeded => Ok(()),
         WriteResult::Failed(why) => Err(Failure::Failed(format!("the platform refused it: {why}"))),
         WriteResult::Unconfirmed => Err(Failure::Unconfirmed(format!(
             "accepted (tid {}) but not confirmed before the status timeout",
-            tid.0
+            tid.tid.0
         ))),
     }
 }

@@ -114,7 +114,7 @@ pub(super) async fn deactivate(
                     RowStatus::Unconfirmed,
                     format!(
                         "accepted (tid {}) but not confirmed before the status timeout",
-                        tid.0
+                        tid.tid.0
                     ),
                 ),
                 Some(rep) => match rep.errors.get(uid) {

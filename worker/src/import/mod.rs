@@ -1,7 +1,9 @@
 //! Reading the tenant's CSV and applying it. Two passes over the local copy: the first validates
 //! every row and finds duplicate usernames without any API call; the second applies the valid rows
 //! with bounded concurrency and writes one result per row, in file order. Memory stays bounded: rows
-//! stream through a bounded channel and a bounded window of rows is in flight.
+//! stream through a bounded channel and a bounded window of rows is in flight. When the
+//! mass-change guard plans first, the plan's reads are kept on disk and the import uses them: one
+//! `GetUser` per row in all (see docs/platform-api.md for the plan→apply gap).
 
 pub mod apply;
 pub mod decode;
@@ -22,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::outcome::Counts;
 use crate::platform::model::ProfileFields;
 use crate::platform::{ApiError, PlatformClient};
-use apply::{ApplyContext, RowResult, RowStatus};
+use apply::{ApplyContext, CreateFirst, PreRead, RowResult, RowStatus};
 use names::{NameSpill, PairSpill, key_hash};
 use reader::{BoundedReader, Item};
 use results::ResultsWriter;
@@ -192,6 +194,7 @@ pub async fn run(
     let absent = full_sync::absent_users(params, &first, file_users, progress).await?;
 
     let mandatory = Template::mandatory_keys(&fields);
+    let guesses = CreateFirst::default();
     let pass = Pass {
         file,
         delimiter,
@@ -200,6 +203,7 @@ pub async fn run(
         client,
         mandatory: &mandatory,
         cancel,
+        create_first: &guesses,
     };
 
     let guard = &params.options.mass_change_guard;
@@ -208,14 +212,18 @@ pub async fn run(
         && guard.enabled
         && (first.valid > guard.max_update_count
             || first.deactivate_rows + absent.len() as u64 > guard.max_deactivate_count);
+    // The plan's reads, on disk: the import works from them instead of reading every user again.
+    let mut planned: Option<ReadsIn> = None;
     if may_hold {
-        // The plan: every row decided as for verify-only, nothing written, nothing kept.
+        // The plan: every row decided as for verify-only, nothing written; what it read is kept
+        // on disk for the import.
         let mut held = Held {
             deactivations: absent.len() as u64,
             updates: 0,
             existing: absent.len() as u64,
         };
-        pass.rows(true, |r| {
+        let mut reads = ReadsOut::new()?;
+        pass.rows(true, Some(&mut reads), None, |r| {
             if matches!(
                 r.status,
                 RowStatus::Updated | RowStatus::Unchanged | RowStatus::Deactivated
@@ -242,6 +250,7 @@ pub async fn run(
         {
             return Ok(Run::Held(held));
         }
+        planned = Some(reads.into_reader()?);
     }
 
     let mut writer = ResultsWriter::create(results_path, params.verify)?;
@@ -279,7 +288,7 @@ pub async fn run(
         }
         Ok(())
     };
-    pass.rows(params.verify, &mut record).await?;
+    pass.rows(params.verify, None, planned, &mut record).await?;
     full_sync::deactivate(client, params, &absent, cancel, &mut record).await?;
     writer.finish()?;
     Ok(Run::Done(ImportSummary {
@@ -303,12 +312,17 @@ struct Pass<'a> {
     client: &'a PlatformClient,
     mandatory: &'a [(String, String)],
     cancel: &'a dyn StopCheck,
+    create_first: &'a CreateFirst,
 }
 
 impl Pass<'_> {
+    /// `reads_out`: where a dry run keeps what it read; `reads_in`: the reads of an earlier dry
+    /// run over the same file, used instead of reading again.
     async fn rows(
         &self,
         dry_run: bool,
+        mut reads_out: Option<&mut ReadsOut>,
+        mut reads_in: Option<ReadsIn>,
         mut sink: impl FnMut(RowResult) -> Result<(), ImportError>,
     ) -> Result<(), ImportError> {
         let params = self.params;
@@ -317,6 +331,7 @@ impl Pass<'_> {
             mandatory: self.mandatory,
             cancel: self.cancel,
             dry_run,
+            create_first: (!dry_run).then_some(self.create_first),
         };
         let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
         let reader = {
@@ -341,25 +356,37 @@ impl Pass<'_> {
             })
         };
         let window = params.concurrency * 4;
+        let ctx = &ctx;
         let mut results = tokio_stream_of(rx)
-            .map(|item| {
-                let ctx = &ctx;
+            .map(move |item| {
+                // Rows come in file order, as the plan's reads were written.
+                let pre = match (&item, reads_in.as_mut()) {
+                    (Ok(input), Some(reads)) => reads.take(input.line),
+                    _ => None,
+                };
                 async move {
                     match item {
-                        Ok(input) => one_row(ctx, params, input).await,
-                        Err(e) => Ok(RowResult {
-                            line: e.line,
-                            username: e.username,
-                            action: "none".into(),
-                            status: RowStatus::Invalid,
-                            message: e.message,
-                        }),
+                        Ok(input) => one_row(ctx, params, input, pre).await,
+                        Err(e) => Ok((
+                            RowResult {
+                                line: e.line,
+                                username: e.username,
+                                action: "none".into(),
+                                status: RowStatus::Invalid,
+                                message: e.message,
+                            },
+                            None,
+                        )),
                     }
                 }
             })
             .buffered(window);
         while let Some(r) = results.next().await {
-            sink(r?)?;
+            let (r, read) = r?;
+            if let (Some(out), Some(read)) = (reads_out.as_deref_mut(), read) {
+                out.write(&read)?;
+            }
+            sink(r)?;
         }
         drop(results);
         reader
@@ -375,7 +402,8 @@ async fn one_row(
     ctx: &ApplyContext<'_>,
     params: &ImportParams,
     input: row::RowInput,
-) -> Result<RowResult, ImportError> {
+    pre: Option<PreRead>,
+) -> Result<(RowResult, Option<PreRead>), ImportError> {
     let (store, tenant) = (&params.store, params.tenant.as_str());
     let options = &params.options;
     let fingerprint = options.skip_unchanged.then(|| input.fingerprint());
@@ -384,26 +412,36 @@ async fn one_row(
         .new_username
         .clone()
         .unwrap_or_else(|| username.clone());
-    if let Some(fp) = fingerprint.as_deref().filter(|_| !params.force_full)
-        && let Some((stored, at)) = store.fingerprint(tenant, &username).await?
+    // The store's answer also says whether the fleet ever wrote this user (see
+    // docs/platform-api.md, "the fleet knows it is new").
+    let stored = match fingerprint.as_deref().filter(|_| !params.force_full) {
+        Some(_) => Some(store.fingerprint(tenant, &username).await?),
+        None => None,
+    };
+    let known_new = matches!(stored, Some(None));
+    if let Some(fp) = fingerprint.as_deref()
+        && let Some(Some((stored, at))) = stored
     {
         let max_age = i64::from(options.skip_unchanged_max_age_days) * 86_400;
         if stored == fp && chrono::Utc::now().timestamp() - at < max_age {
             if options.full_sync && !ctx.dry_run {
                 store.manage(tenant, &shown).await?;
             }
-            return Ok(RowResult {
-                line: input.line,
-                username: username.clone(),
-                action: "none".into(),
-                status: RowStatus::Unchanged,
-                message: "same as at the last import: not sent".into(),
-            });
+            return Ok((
+                RowResult {
+                    line: input.line,
+                    username: username.clone(),
+                    action: "none".into(),
+                    status: RowStatus::Unchanged,
+                    message: "same as at the last import: not sent".into(),
+                },
+                None,
+            ));
         }
     }
-    let r = apply::apply(ctx, input).await?;
+    let (r, read) = apply::apply(ctx, input, known_new, pre).await?;
     if ctx.dry_run {
-        return Ok(r);
+        return Ok((r, read));
     }
     let ok = matches!(
         r.status,
@@ -422,7 +460,70 @@ async fn one_row(
         // Managed under the name it has now (the new one after a rename).
         store.manage(tenant, &shown).await?;
     }
-    Ok(r)
+    Ok((r, None))
+}
+
+/// The plan's reads, one JSON line per row it read, in file order, in a temporary file: what
+/// the plan learnt costs disk, not memory.
+#[derive(Debug)]
+struct ReadsOut(std::io::BufWriter<std::fs::File>);
+
+impl ReadsOut {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            tempfile::tempfile()?,
+        )))
+    }
+
+    fn write(&mut self, read: &PreRead) -> std::io::Result<()> {
+        use std::io::Write;
+        serde_json::to_writer(&mut self.0, read)?;
+        self.0.write_all(b"\n")
+    }
+
+    fn into_reader(self) -> std::io::Result<ReadsIn> {
+        use std::io::Seek;
+        let mut f = self.0.into_inner().map_err(|e| e.into_error())?;
+        f.rewind()?;
+        Ok(ReadsIn {
+            lines: std::io::BufReader::with_capacity(64 * 1024, f),
+            next: None,
+            done: false,
+        })
+    }
+}
+
+/// Reads [`ReadsOut`] back in step with the rows. Small buffered reads of a local file, made as
+/// each row is taken from the channel.
+#[derive(Debug)]
+struct ReadsIn {
+    lines: std::io::BufReader<std::fs::File>,
+    next: Option<PreRead>,
+    done: bool,
+}
+
+impl ReadsIn {
+    /// The plan's read for the row on `line`, if it read that row. A spill that cannot be read
+    /// back only means the row is read from the API again.
+    fn take(&mut self, line: u64) -> Option<PreRead> {
+        use std::io::BufRead;
+        loop {
+            match &self.next {
+                Some(p) if p.line == line => return self.next.take(),
+                Some(p) if p.line > line => return None,
+                _ if self.done => return None,
+                _ => {
+                    let mut text = String::new();
+                    self.next = match self.lines.read_line(&mut text) {
+                        Ok(n) if n > 0 => serde_json::from_str(&text).ok(),
+                        _ => None,
+                    };
+                    self.done = self.next.is_none();
+                }
+            }
+        }
+    }
 }
 
 fn tokio_stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
@@ -440,7 +541,8 @@ fn sniff_delimiter(file: &Path) -> Result<u8, ImportError> {
     for &b in &head[..n] {
         match b {
             b'"' => quoted = !quoted,
-            b'\n' if !quoted => break,
+            // The header ends at its line break, whichever the file uses (a lone CR too).
+            b'\n' | b'\r' if !quoted => break,
             b',' if !quoted => counts[0] += 1,
             b';' if !quoted => counts[1] += 1,
             b'\t' if !quoted => counts[2] += 1,
@@ -664,4 +766,19 @@ fn second_pass(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delimiter_is_read_from_the_header_line_whatever_its_ending() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f.csv");
+        // Semicolon header, lone-CR lines, data rows full of commas.
+        std::fs::write(&path, "Username;Surname\ra,b,c,d;x\re,f,g,h;y\r")?;
+        assert!(matches!(sniff_delimiter(&path), Ok(b';')));
+        Ok(())
+    }
 }

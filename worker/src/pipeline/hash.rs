@@ -33,7 +33,7 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     span.record("file.sha1", sha1.to_string());
     let marker = marker_name(&sha1, dry_run);
     let names = job.list(MARKER_DIR).await?;
-    let seen = names.iter().any(|n| *n == marker);
+    let seen = names.contains(&marker);
     span.record("already_processed", seen);
     if !seen {
         let sha1 = sha1.to_string();

@@ -24,10 +24,14 @@ pub fn is_refusal(p: &Permanent) -> bool {
 
 /// Whether this version was refused before (marker on the account, or the fleet's record).
 pub async fn refused_before(job: &JobRun<'_>, names_in_tmp: &[String], sha1: &str) -> bool {
-    if names_in_tmp.iter().any(|n| *n == marker_name(sha1)) {
+    if names_in_tmp.contains(&marker_name(sha1)) {
         return true;
     }
-    match job.alerts().was_refused(job.tenant().name.as_str(), sha1).await {
+    match job
+        .alerts()
+        .was_refused(job.tenant().name.as_str(), sha1)
+        .await
+    {
         Ok(seen) => seen,
         Err(e) => {
             tracing::warn!(error = %e, "the fleet's record of refused files could not be read");
@@ -48,10 +52,18 @@ pub async fn tell(job: &JobRun<'_>, why: &Permanent) {
     }
     .await;
     match on_account {
-        Ok(_) => job.log(format!("refused: {marker} written; this version is not tried again")),
+        Ok(_) => job.log(format!(
+            "refused: {marker} written; this version is not tried again"
+        )),
         Err(e) => {
-            job.log(format!("the refusal marker could not be written ({e}); the fleet remembers it"));
-            if let Err(e) = job.alerts().refused(job.tenant().name.as_str(), &sha1).await {
+            job.log(format!(
+                "the refusal marker could not be written ({e}); the fleet remembers it"
+            ));
+            if let Err(e) = job
+                .alerts()
+                .refused(job.tenant().name.as_str(), &sha1)
+                .await
+            {
                 tracing::warn!(error = %e, "a refused file could not be remembered");
             }
         }

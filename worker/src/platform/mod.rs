@@ -4,6 +4,7 @@
 //! and broken connections back off with jitter, all within a bounded number of attempts. A
 //! semaphore bounds the requests in flight for one job; waits never hold a permit.
 
+mod limit;
 pub mod model;
 mod retry;
 
@@ -21,6 +22,7 @@ use shared::settings::PlatformSettings;
 use tokio::sync::Semaphore;
 use url::Url;
 
+pub use limit::{HostLimit, HostLimiter, RateLimitSettings, RateLimits};
 use model::{ProfileFields, StatusReport, UserRecord, WriteResult};
 pub use retry::RetryPolicy;
 
@@ -77,6 +79,16 @@ impl ApiStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tid(pub String);
 
+/// A `202` answer: the write's tid, and its final status when the answer's body already said it
+/// (then no poll is needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub tid: Tid,
+    pub final_report: Option<StatusReport>,
+    /// The body said the write is still pending (as opposed to saying nothing).
+    pub pending: bool,
+}
+
 /// The API as seen by one job of one tenant.
 #[derive(Clone)]
 pub struct PlatformClient {
@@ -90,6 +102,8 @@ pub struct PlatformClient {
     status_timeout: Duration,
     stats: Arc<ApiStats>,
     stop: Option<Arc<dyn StopCheck>>,
+    /// The worker-wide limit of this client's host, if any (see [`RateLimits`]).
+    host: Option<Arc<HostLimiter>>,
 }
 
 impl std::fmt::Debug for PlatformClient {
@@ -138,7 +152,16 @@ impl PlatformClient {
             status_timeout: settings.status_timeout,
             stats: Arc::new(ApiStats::default()),
             stop: None,
+            host: None,
         }
+    }
+
+    /// Takes the worker-wide limit of this client's host from `limits` (built once per process
+    /// with [`RateLimits::from_settings`]): every request then also waits for the host's rate and
+    /// concurrency, shared with every other job of the worker on that host.
+    pub fn with_rate_limits(mut self, limits: &RateLimits) -> Self {
+        self.host = limits.for_url(&self.base);
+        self
     }
 
     /// Asks `stop` before every attempt of every request, retries included, once the request
@@ -185,13 +208,13 @@ impl PlatformClient {
         }
     }
 
-    /// `SetUser` with any action; `Ok(tid)` once accepted (202).
-    pub async fn set_user(&self, body: &Value) -> Result<Tid, ApiError> {
+    /// `SetUser` with any action; `Ok` once accepted (202).
+    pub async fn set_user(&self, body: &Value) -> Result<Accepted, ApiError> {
         self.write("SetUser", body).await
     }
 
     /// `SetUsers` activate/deactivate for at most 500 uids.
-    pub async fn set_users(&self, action: &str, uids: &[String]) -> Result<Tid, ApiError> {
+    pub async fn set_users(&self, action: &str, uids: &[String]) -> Result<Accepted, ApiError> {
         if uids.len() > 500 {
             return Err(ApiError::BadRequest(
                 "SetUsers takes at most 500 uids".into(),
@@ -204,15 +227,24 @@ impl PlatformClient {
         .await
     }
 
-    async fn write(&self, call: &str, body: &Value) -> Result<Tid, ApiError> {
+    async fn write(&self, call: &str, body: &Value) -> Result<Accepted, ApiError> {
         let a = self.rpc(call, body).await?;
         match a.status {
             StatusCode::ACCEPTED => {
                 let location = a
                     .location
                     .ok_or_else(|| ApiError::Protocol(format!("{call}: 202 without Location")))?;
-                tid_of(&location).map(|t| Tid(t.to_owned())).ok_or_else(|| {
-                    ApiError::Protocol(format!("{call}: Location {location:?} has no tid"))
+                let tid = tid_of(&location)
+                    .map(|t| Tid(t.to_owned()))
+                    .ok_or_else(|| {
+                        ApiError::Protocol(format!("{call}: Location {location:?} has no tid"))
+                    })?;
+                // The body is not promised by the reference: read its status when it is there.
+                let report = serde_json::from_slice::<StatusReport>(&a.body).ok();
+                Ok(Accepted {
+                    tid,
+                    pending: report.as_ref().is_some_and(|r| r.status == 1),
+                    final_report: report.filter(|r| matches!(r.status, 2 | 3)),
                 })
             }
             StatusCode::CONFLICT => Err(ApiError::Conflict),
@@ -224,8 +256,8 @@ impl PlatformClient {
 
     /// Polls `/status/<tid>` until it is final or the status timeout passes. `uid` picks the
     /// per-user error out of `errors`.
-    pub async fn wait_for(&self, tid: &Tid, uid: &str) -> Result<WriteResult, ApiError> {
-        let Some(report) = self.wait_final(tid).await? else {
+    pub async fn wait_for(&self, accepted: &Accepted, uid: &str) -> Result<WriteResult, ApiError> {
+        let Some(report) = self.wait_final(accepted).await? else {
             return Ok(WriteResult::Unconfirmed);
         };
         match report.status {
@@ -251,11 +283,23 @@ impl PlatformClient {
         }
     }
 
-    /// Polls `/status/<tid>` until it is final (0, 2 or 3) and returns that report; `None` when
-    /// the status timeout passes first. `SetUsers` reads its per-uid `errors` from it.
-    pub async fn wait_final(&self, tid: &Tid) -> Result<Option<StatusReport>, ApiError> {
+    /// The final report of an accepted write (0, 2 or 3): the `202` body's when it was final
+    /// already (no request), else polled from `/status/<tid>` with backoff; `None` when the status
+    /// timeout passes first. `SetUsers` reads its per-uid `errors` from it.
+    pub async fn wait_final(&self, accepted: &Accepted) -> Result<Option<StatusReport>, ApiError> {
+        if let Some(report) = &accepted.final_report {
+            return Ok(Some(report.clone()));
+        }
+        let tid = &accepted.tid;
         let deadline = tokio::time::Instant::now() + self.status_timeout;
         let mut interval = self.poll_interval;
+        // Said pending a moment ago: asking at once would only hear it again.
+        if accepted.pending {
+            if tokio::time::Instant::now() + interval > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(interval).await;
+        }
         loop {
             let report = self.status(tid).await?;
             match report.status {
@@ -266,8 +310,8 @@ impl PlatformClient {
                 return Ok(None);
             }
             tokio::time::sleep(interval).await;
-            // Slow down gently for long-pending writes: at most 4 polls per status_poll_interval·4.
-            interval = (interval + interval / 4).min(self.poll_interval * 4);
+            // Back off for long-pending writes: ×1.5 a poll, up to 8× the interval.
+            interval = (interval + interval / 2).min(self.poll_interval * 8);
         }
     }
 
@@ -317,6 +361,11 @@ impl PlatformClient {
                     .acquire()
                     .await
                     .map_err(|_| ApiError::Protocol("request limiter closed".into()))?;
+                // The host's worker-wide slot and rate, after the job's own slot.
+                let _host = match &self.host {
+                    Some(h) => Some(h.acquire().await),
+                    None => None,
+                };
                 if self.stop.as_ref().is_some_and(|s| s.should_stop()) {
                     return Err(ApiError::Stopped);
                 }

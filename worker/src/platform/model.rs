@@ -42,8 +42,8 @@ pub enum FieldKind {
 /// `GetProfileFields`: key → field.
 pub type ProfileFields = BTreeMap<String, ProfileField>;
 
-/// `GetUser`'s answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `GetUser`'s answer (serialisable so that the guard's plan can keep it on disk for the import).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct UserRecord {
     #[serde(default)]
     pub profile: BTreeMap<String, serde_json::Value>,
@@ -65,7 +65,7 @@ impl UserRecord {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct GroupRef {
     pub name: String,
 }
