@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet deploy-check image otlp-dump chaos chaos-long
+.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet deploy-check monitoring-check image otlp-dump chaos chaos-long
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -47,7 +47,10 @@ bench-fleet: ## fleet benchmarks (publish 10k jobs, publish->start latency, 1/2/
 deploy-check: ## render + validate the Kubernetes overlays, lint YAML and Dockerfile, checkov, self-check (offline)
 	scripts/deploy-check.sh
 
-image: ## container image without an engine: static musl build, buildah, smoke run with runc (root; ~9 min cold)
+monitoring-check: ## alert rules (promtool check + unit tests), PrometheusRule in sync, dashboard, metric names vs /metrics
+	scripts/monitoring-check.sh
+
+image: ## container image without an engine: static musl build, buildah, smoke run with runc (root; musl build cached in /var/cache/user-import)
 	scripts/image.sh
 
 otlp-dump: ## a local OTLP/gRPC receiver that prints the traces it gets (docs/observability.md)

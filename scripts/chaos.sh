@@ -10,4 +10,5 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 cargo build --quiet --locked -p worker --bin worker
 cargo build --quiet --locked -p tests --example chaos
-exec "$ROOT/target/debug/examples/chaos" "$@"
+# The build goes where cargo puts it (CARGO_TARGET_DIR is honoured: scripts/test.sh sets it).
+exec "${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/chaos" "$@"

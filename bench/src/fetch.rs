@@ -1,8 +1,8 @@
 //! FTPS fetch+hash: one download of a file with the worker's own code. The file sink is the
 //! pipeline's fetch itself ([`worker::account::fetch_file`]: SIZE, RETR streamed to a
 //! temporary file through its buffered writer, SHA1 on the way), on an account opened by the
-//! worker's FTPS client ([`worker::account::ftps::FtpsConnector`]). The clock covers what a `curl` run covers: connect, TLS,
-//! login, SIZE, RETR, the transfer and QUIT.
+//! worker's FTPS client ([`worker::account::ftps::FtpsConnector`]). The clock covers what a
+//! `curl` run covers: connect, TLS, login, SIZE, RETR, the transfer and QUIT.
 //!
 //! The discard sink splits the cost for a diagnosis: the same account's
 //! [`worker::account::Account::download`] with the bytes dropped, hashed or not.

@@ -12,8 +12,18 @@
 //!
 //! The commit is one Lua script ([`COMMIT`]), so `last` moves forward and our claim goes in one
 //! step; the release of a claim after a failed publish is a compare-and-delete ([`RELEASE`]).
+//!
+//! **When Redis loses data** (an empty restart, an older snapshot, a failover, a flush), `last`
+//! is gone or older, and the tick just published would be published again. So each replica also
+//! keeps, in memory, the latest tick it knows for every tenant: what it committed and what it read
+//! from Redis. Every read answers the later of the two, and a tick Redis forgot is written back
+//! (the commit script with a claim that is not ours moves only `last`), so the other replicas see
+//! it too. This covers a loss while the replicas run. What it cannot cover: a tick another replica
+//! published after this one's last read, and a loss while every replica restarts; the worker's
+//! record of the tick run, kept in the tenant's account, is the last line there (docs/fleet.md).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -76,6 +86,8 @@ pub struct Ledger {
     health: Arc<Health>,
     commit: Arc<Script>,
     release: Arc<Script>,
+    /// The latest tick this replica knows was published, per tenant: survives Redis losing data.
+    known: Arc<Mutex<HashMap<TenantName, DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -124,6 +136,7 @@ impl Ledger {
             health,
             commit: Arc::new(Script::new(COMMIT)),
             release: Arc::new(Script::new(RELEASE)),
+            known: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -162,11 +175,61 @@ impl Ledger {
         let r: redis::RedisResult<Vec<Option<String>>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
         let values = self.track(r)?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .map(|(key, value)| parse_tick(key, value))
-            .collect())
+        let mut out = Vec::with_capacity(keys.len());
+        for ((key, value), tenant) in keys.into_iter().zip(values).zip(tenants) {
+            out.push(match parse_tick(key, value) {
+                Ok(stored) => Ok(self.reconcile(tenant, stored).await),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The later of what Redis holds and what this replica knows; remembers the result, and
+    /// writes back a tick Redis forgot.
+    async fn reconcile(
+        &self,
+        tenant: &TenantName,
+        stored: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let known = self.remember(tenant, stored);
+        if known > stored
+            && let Some(tick) = known
+        {
+            tracing::warn!(
+                tenant = %tenant,
+                known = %tick.to_rfc3339(),
+                stored = stored.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
+                "Redis lost the record of a published tick: keeping this replica's and writing it back"
+            );
+            let repair = Claim {
+                tenant: tenant.clone(),
+                tick,
+                // Not a claim anyone holds: the commit script then only moves `last`.
+                value: format!("repair:{}", Uuid::new_v4().simple()),
+            };
+            if let Err(e) = self.commit(&repair).await {
+                tracing::warn!(error = %e, "cannot write the tick back yet; the next poll tries again");
+            }
+        }
+        known
+    }
+
+    /// Records `tick` as known for `tenant` (if later than what is known); returns the latest.
+    fn remember(&self, tenant: &TenantName, tick: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = known.get(tenant).copied();
+        match (entry, tick) {
+            (Some(k), Some(t)) if t > k => {
+                known.insert(tenant.clone(), t);
+                Some(t)
+            }
+            (None, Some(t)) => {
+                known.insert(tenant.clone(), t);
+                Some(t)
+            }
+            (k, _) => k,
+        }
     }
 
     /// The last tick published for one tenant.
@@ -178,7 +241,8 @@ impl Ledger {
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<Option<String>> = conn.get(&key).await;
         let value = self.track(r)?;
-        parse_tick(key, value)
+        let stored = parse_tick(key, value)?;
+        Ok(self.reconcile(tenant, stored).await)
     }
 
     /// Claims `tick` for `tenant` (`SET NX PX`); `None` when another replica holds the claim.
@@ -219,6 +283,8 @@ impl Ledger {
     /// Records the claim's tick as published and drops the claim, atomically ([`COMMIT`]).
     /// `false` when the claim had expired or been taken before the commit: `last` still moves.
     pub async fn commit(&self, claim: &Claim) -> Result<bool, SchedulerError> {
+        // Known as published from now on, whether or not Redis keeps it.
+        self.remember(&claim.tenant, Some(claim.tick));
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<i64> = self
             .commit
@@ -276,6 +342,26 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn what_a_replica_knows_only_moves_forward() {
+        let ledger = Ledger::new(
+            &Secret::new("redis://127.0.0.1:1/"),
+            "p",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            Arc::new(Health::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let acme = TenantName::parse("acme").unwrap_or_else(|e| panic!("{e}"));
+        let t = |s: i64| DateTime::from_timestamp(1_767_225_600 + s, 0);
+        assert_eq!(ledger.remember(&acme, None), None);
+        assert_eq!(ledger.remember(&acme, t(60)), t(60));
+        assert_eq!(ledger.remember(&acme, None), t(60), "Redis forgot it");
+        assert_eq!(ledger.remember(&acme, t(0)), t(60), "an older snapshot");
+        assert_eq!(ledger.remember(&acme, t(120)), t(120));
+    }
 
     #[test]
     fn a_stored_tick_is_unix_seconds() {

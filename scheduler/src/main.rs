@@ -72,6 +72,15 @@ fn command(command: Command, settings: Settings, runtime: &tokio::runtime::Runti
     };
     match command {
         Command::CheckConfig => {
+            // The scheduler reads no tenant key; the files the settings name are still checked
+            // (the same settings file serves both binaries).
+            let problems = shared::settings::preflight::files(&settings);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::from(2);
+            }
             let scheduled = registry
                 .tenants()
                 .filter(|t| t.enabled && options.serves(&t.region))
@@ -177,7 +186,8 @@ async fn serve(
         });
     }
     let metrics = scheduler.metrics().clone();
-    let metrics_fn: MetricsFn = Arc::new(move || metrics.render());
+    let probe = health.clone();
+    let metrics_fn: MetricsFn = Arc::new(move || metrics.render_ready(probe.ready()));
     let addr = health::serve(
         settings.http.listen,
         health.clone(),

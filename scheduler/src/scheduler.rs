@@ -169,6 +169,9 @@ impl Scheduler {
         let span = poll_span("schedule");
         let result = self.poll(now).instrument(span.clone()).await;
         record_poll(&span, &result);
+        if result.is_ok() {
+            self.metrics.poll_succeeded(Utc::now());
+        }
         result
     }
 

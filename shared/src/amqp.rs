@@ -4,14 +4,26 @@
 //!
 //! Per region, with `<x>` the configured exchange (`user-import`):
 //! - exchange `<x>` (direct, durable), routing key = region;
-//! - queue `<x>.<region>`: quorum, `x-delivery-limit`, dead-letters to `<x>.dlx`;
+//! - queue `<x>.<region>`: quorum, `x-delivery-limit`, dead-letters to `<x>.dlx` **at least once**
+//!   (`x-dead-letter-strategy: at-least-once`, which needs `x-overflow: reject-publish`): a
+//!   dead letter stays in the queue until the dead-letter queue has confirmed it, where the quorum
+//!   default (at most once) drops it if the dead-letter queue is missing or down. RabbitMQ 3.10 and
+//!   later (with the `stream_queue` feature flag, on by default); older brokers refuse the
+//!   argument. The queue has no length limit, so `reject-publish` never refuses a job;
 //! - exchange `<x>.dlx` (direct, durable) and queue `<x>.<region>.dead` (quorum);
 //! - delay queues `<x>.<region>.retry.<ms>` (classic, durable, `x-message-ttl`), whose expired
 //!   messages dead-letter back to `<x>` with the region's key: a retry with backoff that holds no
 //!   consumer and spins no loop.
 //!
-//! The broker-wide `consumer_timeout` (RabbitMQ 3.10 has no per-queue one) must stay above the
-//! worker's `job_timeout`; the local stack sets it to one hour.
+//! The broker-wide `consumer_timeout` (RabbitMQ 3.10 has no per-queue one; its default is 30 min)
+//! must stay above the worker's `job_timeout` (default 25 min): `amqp.consumer_timeout` says what
+//! the broker has, and the settings refuse a `job_timeout` that does not fit under it.
+//!
+//! A queue's arguments cannot change once declared: a declare with other arguments fails with
+//! `PRECONDITION_FAILED` and closes the channel. A jobs queue declared before at-least-once dead
+//! lettering must be migrated once (docs/fleet.md): stop the scheduler, let the workers drain the
+//! queue, stop them, delete the queue (`rabbitmqctl delete_queue <x>.<region>`), start the new
+//! version, which declares it again. Scheduled jobs are published again by the next tick.
 
 use std::time::Duration;
 
@@ -107,6 +119,8 @@ impl Topology {
         );
         main.insert("x-dead-letter-exchange".into(), string(&self.dlx));
         main.insert("x-dead-letter-routing-key".into(), string(&self.region));
+        main.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        main.insert("x-overflow".into(), string("reject-publish"));
         ch.queue_declare(self.queue.as_str().into(), qopts, main)
             .await?;
         self.bind(ch, &self.queue, &self.exchange).await?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p tests --example otlp-dump            # prints the endpoint to export
-//! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT scheduler --config … once
+//! OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT scheduler --config … once
 //! ```
 //!
 //! Each span is printed when it arrives (one line: trace, span, parent, kind, name, duration,
@@ -28,7 +28,7 @@ async fn main() {
         }
     };
     eprintln!(
-        "otlp-dump: receiving OTLP/gRPC; in another shell:\n  export OTEL_EXPORTER_OTLP_ENDPOINT={}",
+        "otlp-dump: receiving OTLP/gRPC; in another shell:\n  export OTEL_EXPORTER_OTLP_PROTOCOL=grpc OTEL_EXPORTER_OTLP_ENDPOINT={}",
         server.endpoint()
     );
     let mut traces: BTreeMap<String, (Instant, Vec<ExportedSpan>)> = BTreeMap::new();

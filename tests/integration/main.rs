@@ -20,6 +20,8 @@
 //! - `security`: PASV address ignored, TLS session reuse, tenant isolation, disabled tenants,
 //!   no header injection from the file.
 //! - `fleet`: workers on the real broker and Redis: lock, dead letters, crash, shutdown.
+//! - `dead_letters`: the jobs queue dead-letters at least once.
+//! - `redis_loss`: Redis losing data (empty restart, older snapshot, FLUSHALL) under the locks.
 //! - `transports`: the tenant's account through `worker::account::Connector` on vsftpd, ProFTPD
 //!   (TLS session reuse required) and OpenSSH SFTP (pinned host key): every operation, no data
 //!   connection refused, folders created, no partial upload, refused logins and host keys, lost
@@ -27,15 +29,20 @@
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
+//! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod broker_restart;
 mod corpus;
+mod dead_letters;
 mod fake_api;
 mod fleet;
 mod import_engine;
 mod job_run;
+mod monitoring;
 mod observability;
+mod otlp_http;
 mod pipeline;
+mod redis_loss;
 mod scheduler;
 mod security;
 mod services;

@@ -107,6 +107,7 @@ impl Observed {
         let mut vars = vec![("RUST_LOG", rust_log), ("USER_IMPORT__LOG_FORMAT", "json")];
         if export {
             vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint));
+            vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"));
         }
         let worker = env.spawn_worker_process_with(&vars, &worker_log);
         Self {
@@ -127,6 +128,7 @@ impl Observed {
                 &["once"],
                 &[
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", &self.collector.endpoint),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                     ("RUST_LOG", &self.rust_log),
                     ("USER_IMPORT__LOG_FORMAT", "json"),
                 ],
@@ -756,4 +758,271 @@ async fn metrics_of_both_binaries_count_the_job_its_rows_stages_and_publishes() 
     assert!(status.success(), "scheduler exit: {status}");
     obs.stop_worker().await;
     obs.env.cleanup().await;
+}
+
+/// The levels that open every library's own logging, AMQP frames and Redis and SMTP commands
+/// included, by name.
+const EVERYTHING: &str =
+    "trace,lapin=trace,amq_protocol=trace,amq_protocol_types=trace,redis=trace,lettre=trace";
+
+/// Every form a credential takes on the wire or in a `Debug` dump: as is, as the byte list of a
+/// frame (`[0, 99, …]`, with and without spaces), hex, base64 alone and as `AUTH PLAIN`'s
+/// `\0user\0password`.
+fn credential_forms(user: &str, secret: &str) -> Vec<(String, String)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = |sep: &str| {
+        secret
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let plain = format!("\0{user}\0{secret}");
+    vec![
+        ("text", secret.to_owned()),
+        ("a byte list", bytes(", ")),
+        ("a compact byte list", bytes(",")),
+        ("hex", hex::encode(secret)),
+        ("upper-case hex", hex::encode_upper(secret)),
+        ("base64", b64.encode(secret)),
+        ("base64 of AUTH PLAIN", b64.encode(plain.as_bytes())),
+    ]
+    .into_iter()
+    .map(|(what, form)| (format!("{secret} as {what}"), form))
+    .collect()
+}
+
+/// A RabbitMQ user of the test's own on the machine's broker (full rights on `/`), deleted after.
+struct BrokerUser(String);
+
+impl BrokerUser {
+    fn add(user: &str, password: &str) -> Self {
+        let ctl = |args: &[&str]| {
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("rabbitmqctl must be installed: {e}"));
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ctl(&["add_user", user, password]);
+        let added = Self(user.to_owned());
+        ctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
+        added
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+/// A Redis ACL user of the test's own on the machine's Redis, deleted after.
+struct RedisUser(String);
+
+impl RedisUser {
+    fn add(user: &str, password: &str) -> Self {
+        let mut conn = redis::Client::open(harness::redis_url())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _: () = redis::cmd("ACL")
+            .arg(
+                &[
+                    "SETUSER",
+                    user,
+                    "on",
+                    &format!(">{password}"),
+                    "~*",
+                    "&*",
+                    "+@all",
+                ][..],
+            )
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("ACL SETUSER: {e}"));
+        Self(user.to_owned())
+    }
+
+    /// Whether a client is connected as this user now.
+    fn connected(&self) -> bool {
+        let list: String = redis::Client::open(harness::redis_url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("CLIENT").arg("LIST").query(&mut c))
+            .unwrap_or_default();
+        list.contains(&format!("user={} ", self.0))
+    }
+}
+
+impl Drop for RedisUser {
+    fn drop(&mut self) {
+        if let Ok(mut c) =
+            redis::Client::open(harness::redis_url()).and_then(|c| c.get_connection())
+        {
+            let _: redis::RedisResult<i64> =
+                redis::cmd("ACL").arg("DELUSER").arg(&self.0).query(&mut c);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_broker_redis_or_smtp_credential_reaches_any_output_at_trace_level_in_any_encoding() {
+    let tag = format!("{:012x}", rand::random::<u64>() >> 16);
+    let user = format!("canary-{tag}");
+    let (amqp_pw, wrong_pw) = (format!("amqpCanary{tag}"), format!("wrongCanary{tag}"));
+    let (redis_pw, smtp_pw) = (format!("redisCanary{tag}"), format!("smtpCanary{tag}"));
+    let _broker_user = BrokerUser::add(&user, &amqp_pw);
+    let redis_user = RedisUser::add(&user, &redis_pw);
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        amqp_url: Some(format!("amqp://{user}:{amqp_pw}@127.0.0.1:5672/%2f")),
+        redis_url: Some(format!("redis://{user}:{redis_pw}@127.0.0.1:6379/")),
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("obs", ROWS).as_bytes());
+    let forms: Vec<(String, String)> = [&amqp_pw, &wrong_pw, &redis_pw, &smtp_pw]
+        .into_iter()
+        .flat_map(|pw| credential_forms(&user, pw))
+        .collect();
+    let found_in = |text: &str| -> Vec<String> {
+        forms
+            .iter()
+            .filter(|(_, f)| text.contains(f.as_str()))
+            .map(|(what, _)| what.clone())
+            .collect()
+    };
+    // The scanner finds the AMQP frame's own dump of the PLAIN response (a scan that cannot fail
+    // proves nothing).
+    let frame_dump = format!(
+        "response: LongString({:?})",
+        format!("\0{user}\0{amqp_pw}").into_bytes()
+    );
+    assert!(!found_in(&frame_dump).is_empty(), "{frame_dump}");
+
+    // A worker and a scheduler with the right credentials, one job end to end.
+    let worker_log = env.dir.path().join("worker.log");
+    let smtp_vars = [
+        ("RUST_LOG", EVERYTHING),
+        ("USER_IMPORT__LOG_FORMAT", "json"),
+        ("USER_IMPORT__SMTP__USERNAME", user.as_str()),
+        ("USER_IMPORT__SMTP__PASSWORD", smtp_pw.as_str()),
+    ];
+    let mut worker = env.spawn_worker_process_with(&smtp_vars, &worker_log);
+    let scheduler = env
+        .command(scheduler_binary(), &["once"], &[("RUST_LOG", EVERYTHING)])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run the scheduler: {e}"));
+    assert!(
+        scheduler.status.success(),
+        "scheduler once: {}",
+        tail(&String::from_utf8_lossy(&scheduler.stderr))
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !String::from_utf8_lossy(
+        &env.accounts[0]
+            .read("log/user-import.log")
+            .unwrap_or_default(),
+    )
+    .contains("end: ")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never ended; worker log:\n{}",
+            tail(&std::fs::read_to_string(&worker_log).unwrap_or_default())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        redis_user.connected(),
+        "the worker is connected to Redis as the canary user"
+    );
+    let connections = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "user"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        connections.lines().any(|l| l.trim() == user),
+        "the worker is connected to the broker as the canary user: {connections}"
+    );
+    sigterm(&worker);
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
+
+    // The same binaries with a wrong broker password.
+    let wrong_url = format!("amqp://{user}:{wrong_pw}@127.0.0.1:5672/%2f");
+    let wrong = [
+        ("RUST_LOG", EVERYTHING),
+        ("USER_IMPORT__AMQP__URL", wrong_url.as_str()),
+    ];
+    let refused = env
+        .command(scheduler_binary(), &["once"], &wrong)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run the scheduler: {e}"));
+    assert!(!refused.status.success(), "a wrong password was accepted");
+    let refused_log = env.dir.path().join("worker-refused.log");
+    let mut refused_worker = env.spawn_worker_process_with(&wrong, &refused_log);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&refused_log)
+        .unwrap_or_default()
+        .contains("reconnecting")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker with a wrong password never tried the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = refused_worker.start_kill();
+    let _ = refused_worker.wait().await;
+
+    let outputs = [
+        (
+            "the worker's logs",
+            std::fs::read_to_string(&worker_log).unwrap_or_default(),
+        ),
+        (
+            "the scheduler's stderr",
+            String::from_utf8_lossy(&scheduler.stderr).into_owned(),
+        ),
+        (
+            "the scheduler's stdout",
+            String::from_utf8_lossy(&scheduler.stdout).into_owned(),
+        ),
+        (
+            "the refused scheduler's stderr",
+            String::from_utf8_lossy(&refused.stderr).into_owned(),
+        ),
+        (
+            "the refused scheduler's stdout",
+            String::from_utf8_lossy(&refused.stdout).into_owned(),
+        ),
+        (
+            "the refused worker's logs",
+            std::fs::read_to_string(&refused_log).unwrap_or_default(),
+        ),
+    ];
+    assert!(
+        outputs[0].1.contains("\"level\":\"TRACE\""),
+        "the worker logged at trace"
+    );
+    let mut leaked = Vec::new();
+    for (source, text) in &outputs {
+        assert!(
+            source.contains("stdout") || !text.is_empty(),
+            "{source} is empty"
+        );
+        for what in found_in(text) {
+            leaked.push(format!("{what} in {source}"));
+        }
+    }
+    assert!(leaked.is_empty(), "credentials leaked: {leaked:#?}");
+    env.cleanup().await;
 }

@@ -98,6 +98,22 @@ impl Alerts {
             .cloned()
     }
 
+    /// Remembers that this version of the tenant's file was refused (kept 30 days): where the
+    /// account cannot hold the refusal marker (a read-only `/tmp`), this keeps the same file from
+    /// being tried, and reported, at every run.
+    pub async fn refused(&self, tenant: &str, sha1: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn().await?;
+        let key = self.key(tenant, &format!("refused:{sha1}"));
+        conn.set_ex(key, "1", 30 * DAY_SECS).await
+    }
+
+    /// Whether this version was refused before (see [`Self::refused`]).
+    pub async fn was_refused(&self, tenant: &str, sha1: &str) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn().await?;
+        conn.exists(self.key(tenant, &format!("refused:{sha1}")))
+            .await
+    }
+
     /// Records that a version not seen before arrived (only when the no-file alert is on).
     pub async fn new_file(
         &self,

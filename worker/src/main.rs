@@ -61,6 +61,16 @@ fn command(
     let secrets = SecretSource::new(settings.registry.secrets_dir.clone(), env);
     match command {
         Command::CheckConfig => {
+            // What start-up or a job would fail on later: named files, the secrets, each key.
+            use shared::settings::preflight;
+            let mut problems = preflight::files(&settings);
+            problems.extend(preflight::tenant_keys(&registry, &secrets));
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::from(2);
+            }
             println!("settings and registry ok: {} tenants", registry.len());
             ExitCode::SUCCESS
         }
@@ -108,7 +118,9 @@ async fn run(settings: Settings, registry: Registry, secrets: SecretSource) -> E
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http_stop = tokio_util::sync::CancellationToken::new();
     let metrics = deps.metrics.clone();
-    let metrics_fn: shared::health::MetricsFn = std::sync::Arc::new(move || metrics.render());
+    let probe = health.clone();
+    let metrics_fn: shared::health::MetricsFn =
+        std::sync::Arc::new(move || metrics.render_ready(probe.ready()));
     match shared::health::serve(listen, health, Some(metrics_fn), http_stop.clone()).await {
         Ok(addr) => tracing::info!(%addr, "health, readiness and metrics served"),
         Err(e) => {

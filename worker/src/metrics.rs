@@ -1,7 +1,9 @@
 //! The worker's Prometheus metrics, served on `/metrics` of `http.listen` (OpenMetrics text,
 //! `prometheus-client`; a counter registered as `x` is exposed as `x_total`). Built once in
 //! [`crate::Deps`]; the pipeline and the consumer add to them. Labels take bounded values only
-//! (dispositions, reasons, stages, row results): never a tenant, a user or a file.
+//! (dispositions, reasons, stages, row results): never a tenant, a user or a file, with one
+//! exception: `worker_tenant_last_success_timestamp_seconds{tenant}`, the per-tenant freshness
+//! objective's only input (one series per tenant the process has run; docs/observability.md).
 //!
 //! | metric | meaning |
 //! |---|---|
@@ -16,6 +18,8 @@
 //! | `worker_lock_contention_total{result}` | jobs that found their tenant locked: `skipped-busy`, `bounced` (a handed-back job waits), `gave-up` |
 //! | `worker_publish_failures_total{kind}` | retry (`retry`) or dead-letter (`dead-letter`) publishes that failed (the delivery was handed back) |
 //! | `worker_consumer_reconnects_total` | broker sessions that ended and were reconnected |
+//! | `worker_ready` | 1 while `/readyz` would answer 200 (broker and Redis up, not draining), else 0; read at each scrape |
+//! | `worker_tenant_last_success_timestamp_seconds{tenant}` | when this process last finished a job of the tenant without error (Unix seconds) |
 
 use std::time::Duration;
 
@@ -23,7 +27,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
 
 use crate::outcome::Counts;
@@ -46,9 +54,25 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
+
+/// Every `result` of `worker_rows_total`.
+const ROW_RESULTS: [&str; 7] = [
+    "created",
+    "updated",
+    "unchanged",
+    "invalid",
+    "failed",
+    "unconfirmed",
+    "deactivated",
+];
 
 /// From 10 ms (a marker check) to an hour (a very large import).
 const STAGE_BUCKETS: [f64; 14] = [
@@ -73,6 +97,8 @@ pub struct WorkerMetrics {
     lock_contention: Family<ResultLabels, Counter>,
     publish_failures: Family<KindLabels, Counter>,
     reconnects: Counter,
+    ready: Gauge,
+    tenant_last_success: Family<TenantLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for WorkerMetrics {
@@ -137,6 +163,42 @@ impl Default for WorkerMetrics {
             "Retry or dead-letter publishes that failed (the delivery was handed back instead)",
             publish_failures.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "worker_ready",
+            "1 while the worker is ready (broker and Redis connected, not draining), else 0",
+            ready.clone(),
+        );
+        let tenant_last_success = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "worker_tenant_last_success_timestamp_seconds",
+            "When this process last finished a job of the tenant without error (Unix time)",
+            tenant_last_success.clone(),
+        );
+        // The label values known in advance get their series at 0 from the start: a dashboard
+        // shows them before the first event, and `increase()` counts that first event (a series
+        // born at 1 has no earlier sample to increase from).
+        for stage in [
+            "verify-upload",
+            "fetch",
+            "hash",
+            "settle",
+            "guard",
+            "import",
+            "report",
+            "archive",
+        ] {
+            let _ = stages.get_or_create(&StageLabels { stage });
+        }
+        for result in ROW_RESULTS {
+            let _ = rows.get_or_create(&ResultLabels { result });
+        }
+        for result in ["skipped-busy", "bounced", "gave-up"] {
+            let _ = lock_contention.get_or_create(&ResultLabels { result });
+        }
+        for kind in ["retry", "dead-letter"] {
+            let _ = publish_failures.get_or_create(&KindLabels { kind });
+        }
         Self {
             registry,
             jobs,
@@ -150,6 +212,8 @@ impl Default for WorkerMetrics {
             lock_contention,
             publish_failures,
             reconnects,
+            ready,
+            tenant_last_success,
         }
     }
 }
@@ -161,6 +225,24 @@ impl WorkerMetrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The `/metrics` body with `worker_ready` set from `ready` (the probe's answer at this
+    /// scrape), so a worker that serves but is not ready shows it to Prometheus.
+    pub fn render_ready(&self, ready: bool) -> String {
+        self.ready.set(i64::from(ready));
+        self.render()
+    }
+
+    /// A job of `tenant` finished without error at `at`: the freshness objective's input.
+    pub fn tenant_succeeded(&self, tenant: &str, at: DateTime<Utc>) {
+        // Milliseconds kept: two runs in the same second still move the gauge.
+        let seconds = at.timestamp_millis() as f64 / 1000.0;
+        self.tenant_last_success
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .set(seconds);
     }
 
     pub fn job(&self, disposition: &'static str, reason: &str) {
@@ -180,6 +262,7 @@ impl WorkerMetrics {
     }
 
     pub fn rows(&self, counts: &Counts) {
+        // In the order of ROW_RESULTS.
         for (result, n) in [
             ("created", counts.created),
             ("updated", counts.updated),
@@ -262,5 +345,53 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_tenant_success_sets_its_own_timestamp_and_no_other() {
+        let m = WorkerMetrics::default();
+        let first = DateTime::parse_from_rfc3339("2026-11-25T00:00:01.5Z")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&Utc);
+        let later = DateTime::parse_from_rfc3339("2026-11-26T00:00:02Z")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&Utc);
+        m.tenant_succeeded("acme", first);
+        m.tenant_succeeded("globex", first);
+        m.tenant_succeeded("acme", later);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "worker_tenant_last_success_timestamp_seconds{tenant=\"acme\"} 1795651202.0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "worker_tenant_last_success_timestamp_seconds{tenant=\"globex\"} 1795564801.5\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn known_label_values_are_exposed_at_zero_before_any_event() {
+        let text = WorkerMetrics::default().render();
+        for line in [
+            "worker_stage_duration_seconds_count{stage=\"report\"} 0\n",
+            "worker_rows_total{result=\"deactivated\"} 0\n",
+            "worker_lock_contention_total{result=\"gave-up\"} 0\n",
+            "worker_publish_failures_total{kind=\"dead-letter\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_is_read_at_each_scrape() {
+        let m = WorkerMetrics::default();
+        assert!(m.render().contains("worker_ready 0\n"));
+        assert!(m.render_ready(true).contains("worker_ready 1\n"));
+        assert!(m.render_ready(false).contains("worker_ready 0\n"));
     }
 }

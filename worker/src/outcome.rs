@@ -125,6 +125,10 @@ pub enum Permanent {
     UnreadableFile(String),
     #[error("the platform API answered in a way this release does not understand: {0}")]
     ApiProtocol(String),
+    #[error("the tenant's account refused a write: {0}")]
+    AccountRefused(String),
+    #[error("the server's host key is not the pinned one: {0}")]
+    HostKey(String),
 }
 
 impl Permanent {
@@ -139,6 +143,8 @@ impl Permanent {
             Permanent::FileTooLarge { .. } => "file-too-large",
             Permanent::UnreadableFile(_) => "unreadable-file",
             Permanent::ApiProtocol(_) => "api-protocol",
+            Permanent::AccountRefused(_) => "account-refused",
+            Permanent::HostKey(_) => "host-key-refused",
         }
     }
 }

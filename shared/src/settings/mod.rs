@@ -4,6 +4,7 @@
 //! ignored. Durations are written the human way (`"30s"`, `"5m"`).
 
 mod env;
+pub mod preflight;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,6 +63,13 @@ pub struct RegistrySettings {
     pub secrets_dir: Option<PathBuf>,
 }
 
+/// RabbitMQ's default `consumer_timeout` (since 3.8.15): 30 minutes.
+pub const CONSUMER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30 * 60);
+
+/// Room between the end of a job (its time limit) and the broker's `consumer_timeout`: the
+/// release of the lock, the retry or dead-letter publish and its confirm, the ack.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpSettings {
@@ -80,6 +88,12 @@ pub struct AmqpSettings {
     /// retry, then it is dead-lettered.
     #[serde(deserialize_with = "durations")]
     pub retry_delays: Vec<Duration>,
+    /// The broker's `consumer_timeout` (rabbitmq.conf; RabbitMQ's default is 30 min): a delivery
+    /// not acked within it makes the broker close the worker's channel and redeliver the job while
+    /// it still runs. Not sent to the broker: it tells the settings what the broker has, so that a
+    /// `worker.job_timeout` that does not fit under it is refused. Raise both together.
+    #[serde(with = "humantime_serde")]
+    pub consumer_timeout: Duration,
 }
 
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -191,8 +205,8 @@ pub struct WorkerSettings {
     /// The tenant lock's time to live; renewed every third of it while the job runs.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
-    /// Longest a job may run; keep it below the broker's consumer timeout (1 h in the local
-    /// stack's rabbitmq.conf).
+    /// Longest a job may run; with [`SETTLE_MARGIN`] it must fit under `amqp.consumer_timeout`
+    /// (checked at load).
     #[serde(with = "humantime_serde")]
     pub job_timeout: Duration,
     /// On SIGTERM, how long running jobs may take to finish before they are stopped and handed
@@ -206,7 +220,7 @@ impl Default for WorkerSettings {
         Self {
             region: "eu".into(),
             lock_ttl: Duration::from_secs(60),
-            job_timeout: Duration::from_secs(50 * 60),
+            job_timeout: Duration::from_secs(25 * 60),
             drain_timeout: Duration::from_secs(25),
         }
     }
@@ -276,6 +290,7 @@ impl Default for AmqpSettings {
                 Duration::from_secs(120),
                 Duration::from_secs(600),
             ],
+            consumer_timeout: CONSUMER_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -417,6 +432,15 @@ impl Settings {
             return Err(format!(
                 "worker.region {:?} is not a region name",
                 self.worker.region
+            ));
+        }
+        if self.worker.job_timeout + SETTLE_MARGIN > self.amqp.consumer_timeout {
+            return Err(format!(
+                "worker.job_timeout ({}) plus {} to settle must stay below amqp.consumer_timeout ({}), \
+                 the broker's consumer_timeout: lower the first, or raise the broker's and then the second",
+                humantime::format_duration(self.worker.job_timeout),
+                humantime::format_duration(SETTLE_MARGIN),
+                humantime::format_duration(self.amqp.consumer_timeout),
             ));
         }
         if self.worker.lock_ttl < Duration::from_secs(1) {

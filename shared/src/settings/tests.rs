@@ -87,3 +87,32 @@ fn secrets_in_settings_do_not_print() {
     let text = format!("{s:?}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[test]
+fn the_job_time_limit_must_fit_under_the_brokers_consumer_timeout() {
+    let s = Settings::load(None, &HashMap::new()).map_err(|e| e.to_string());
+    let s = s
+        .as_ref()
+        .map(|s| (s.worker.job_timeout, s.amqp.consumer_timeout));
+    assert_eq!(
+        s,
+        Ok((Duration::from_secs(25 * 60), Duration::from_secs(30 * 60))),
+        "the defaults fit a default RabbitMQ"
+    );
+    let too_long = Settings::load(None, &env(&[("USER_IMPORT__WORKER__JOB_TIMEOUT", "50m")]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        too_long.contains("worker.job_timeout") && too_long.contains("amqp.consumer_timeout"),
+        "{too_long}"
+    );
+    let both_raised = Settings::load(
+        None,
+        &env(&[
+            ("USER_IMPORT__WORKER__JOB_TIMEOUT", "50m"),
+            ("USER_IMPORT__AMQP__CONSUMER_TIMEOUT", "1h"),
+        ]),
+    );
+    assert!(both_raised.is_ok(), "{:?}", both_raised.err());
+}

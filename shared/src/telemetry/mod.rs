@@ -6,9 +6,12 @@
 //!   the AMQP headers ([`propagation`]) even when nothing is exported, so logs still correlate.
 //!
 //! Secrets: the FTP library logs every control command, `PASS <api key>` included, at `trace`;
-//! whatever `RUST_LOG` says (a global level, a `suppaftp=…` or a span directive), nothing of it
-//! below `info` reaches a log line or a span. Only this project's spans are exported, and nothing
-//! of the exporter's own gRPC stack is fed back into it.
+//! the AMQP client dumps every frame at `trace`, the connection's `StartOk` with the broker
+//! password as a byte list (`response: LongString([0, 103, …])`) included. Whatever `RUST_LOG` says
+//! (a global level, a `lapin=trace` or a span directive), nothing below `info` of the libraries that
+//! speak a protocol carrying credentials ([`CAPPED_AT_INFO`]: FTP, AMQP, SMTP, Redis) reaches a log
+//! line or a span. Only this project's spans are exported, and nothing of the exporter's own gRPC
+//! stack is fed back into it.
 
 pub mod otel;
 pub mod propagation;
@@ -35,6 +38,21 @@ pub enum LogFormat {
 /// events inside them are kept as span events, at the `RUST_LOG` level; their own spans, such as a
 /// broker connection's I/O loop, would be traces of their own and are left out).
 const TRACED_CRATES: &[&str] = &["worker", "scheduler", "shared"];
+
+/// Libraries that see credentials on the wire and log what they send below `info`: held at `info`
+/// whatever `RUST_LOG` asks (`amq_protocol*` are the AMQP client's codec crates, each its own
+/// target; `lettre` and `redis` log their commands, `AUTH` included, when their logging is on).
+const CAPPED_AT_INFO: &[&str] = &[
+    "suppaftp",
+    "lapin",
+    "amq_protocol",
+    "amq_protocol_tcp",
+    "amq_protocol_types",
+    "amq_protocol_uri",
+    "tcp_stream",
+    "lettre",
+    "redis",
+];
 
 /// Targets whose events never reach the span exporter: the exporter's own gRPC/HTTP stack (an
 /// event of its own export would be exported in turn) and the SDK itself.
@@ -103,11 +121,11 @@ fn subscriber(
             .with_writer(std::io::stderr)
             .boxed(),
     }
-    .with_filter(level_filter(env).and(never_below_info("suppaftp")));
+    .with_filter(level_filter(env).and(never_below_info()));
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(
-            level_filter(env).and(never_below_info("suppaftp")).and(
+            level_filter(env).and(never_below_info()).and(
                 filter_fn(|meta| {
                     let of = |targets: &[&str]| {
                         targets.iter().any(|t| is_target_or_child(meta.target(), t))
@@ -141,14 +159,21 @@ fn level_filter(env: &HashMap<String, String>) -> EnvFilter {
         .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
-/// A filter no `RUST_LOG` directive can widen: `target` and its modules only at `info` and above.
-fn never_below_info(
-    target: &'static str,
-) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+/// A filter no `RUST_LOG` directive can widen: the [`CAPPED_AT_INFO`] targets and their modules
+/// only at `info` and above.
+fn never_below_info()
+-> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     // The hint keeps `RUST_LOG`'s as the subscriber's maximum level: without it, every disabled
     // `trace!` of a hot path would be asked about one by one.
-    filter_fn(move |meta| allowed(meta.target(), *meta.level(), target))
+    filter_fn(|meta| passes_caps(meta.target(), *meta.level()))
         .with_max_level_hint(LevelFilter::TRACE)
+}
+
+/// Whether an event of `target` at `level` passes every [`CAPPED_AT_INFO`] floor.
+fn passes_caps(target: &str, level: Level) -> bool {
+    CAPPED_AT_INFO
+        .iter()
+        .all(|capped| allowed(target, level, capped))
 }
 
 /// Whether an event of `target` at `level` passes the `info` floor set for `capped`.
@@ -209,5 +234,27 @@ mod tests {
         assert!(allowed("suppaftp", Level::INFO, "suppaftp"));
         assert!(allowed("suppaftp", Level::WARN, "suppaftp"));
         assert!(allowed("worker::ftps", Level::TRACE, "suppaftp"));
+    }
+
+    #[test]
+    fn the_amqp_smtp_and_redis_clients_are_held_at_info_whatever_the_level() {
+        let held = [
+            "lapin::channels",
+            "lapin",
+            "amq_protocol::frame",
+            "amq_protocol_tcp",
+            "amq_protocol_types::types",
+            "lettre::transport::smtp::client::async_connection",
+            "redis::aio",
+            "suppaftp::async_ftp",
+        ];
+        for target in held {
+            assert!(!passes_caps(target, Level::TRACE), "{target} at trace");
+            assert!(!passes_caps(target, Level::DEBUG), "{target} at debug");
+            assert!(passes_caps(target, Level::INFO), "{target} at info");
+            assert!(passes_caps(target, Level::WARN), "{target} at warn");
+        }
+        assert!(passes_caps("worker::fleet", Level::TRACE));
+        assert!(passes_caps("lapinx", Level::TRACE));
     }
 }

@@ -220,6 +220,10 @@ async fn ping_redis(fleet: Arc<FleetDeps>, shutdown: CancellationToken) {
         .await
         .is_ok_and(|r| r.is_ok());
         fleet.health.set_redis(ok);
+        // Notices a Redis data loss even before this worker takes a lock (see lock.rs).
+        if ok && let Err(e) = fleet.locks.check_epoch().await {
+            tracing::warn!(error = %e, "the lock epoch could not be checked");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -280,22 +284,6 @@ async fn run_admitted(
         stop.clone(),
         fleet.job_timeout,
     ));
-    if lock.fence == 1 {
-        // A new fence counter: the tenant's first lock on this Redis, ever or since Redis lost
-        // its data (a restart without persistence). In the second case a holder from before may
-        // still be running until its next renewal finds its lock gone; one TTL from now every
-        // such holder has stopped (its renewal failed, or its lease ran out). Waiting costs one
-        // TTL once per tenant.
-        let ttl = fleet.locks.ttl();
-        tracing::info!(
-            wait_ms = ttl.as_millis() as u64,
-            "first lock of this tenant on this Redis: waiting one lock TTL before starting"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(ttl) => {}
-            _ = cancel.cancelled() => {}
-        }
-    }
     event.started = Some(Utc::now());
     let ctx = JobContext {
         job_id: job.job_id,

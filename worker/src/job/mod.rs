@@ -418,6 +418,8 @@ pub fn account_error(e: AccountError) -> JobError {
             limit,
         }
         .into(),
+        AccountError::Refused(why) => Permanent::AccountRefused(why).into(),
+        AccountError::HostKey(why) => Permanent::HostKey(why).into(),
         AccountError::LocalIo(e) => Retryable::Io(e.to_string()).into(),
         other => Retryable::Ftps(other.to_string()).into(),
     }

@@ -202,6 +202,9 @@ impl RunRecord {
         if let Ok(Outcome::Imported { counts, .. }) = result {
             metrics.rows(counts);
         }
+        if result.is_ok() {
+            metrics.tenant_succeeded(&self.tenant, self.finished_at.unwrap_or_else(Utc::now));
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use shared::Sha1Digest;
 
-use super::Step;
+use super::{Step, refusal};
 use crate::job::JobRun;
 use crate::layout::MARKER_DIR;
 use crate::outcome::{JobError, Outcome, Retryable};
@@ -32,9 +32,15 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     let span = tracing::Span::current();
     span.record("file.sha1", sha1.to_string());
     let marker = marker_name(&sha1, dry_run);
-    let seen = job.exists(MARKER_DIR, &marker).await?;
+    let names = job.list(MARKER_DIR).await?;
+    let seen = names.iter().any(|n| *n == marker);
     span.record("already_processed", seen);
     if !seen {
+        let sha1 = sha1.to_string();
+        if refusal::refused_before(job, &names, &sha1).await {
+            job.log(refusal::skipped_line(&sha1));
+            return Ok(Step::Finish(Outcome::AlreadyProcessed { sha1 }));
+        }
         return Ok(Step::Next);
     }
     if dry_run {

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod guard;
 pub mod hash;
 pub mod import;
+pub mod refusal;
 pub mod report;
 pub mod settle;
 pub mod summary;
@@ -203,6 +204,10 @@ async fn run(mut job: JobRun<'_>) -> Finished {
             match stages(&mut job).await {
                 Err(JobError::Permanent(why)) if verify_upload::is_verify_upload(&job) => {
                     Err(verify_upload::refused(&job, why).await)
+                }
+                Err(JobError::Permanent(why)) if refusal::is_refusal(&why) => {
+                    refusal::tell(&job, &why).await;
+                    Err(JobError::Permanent(why))
                 }
                 other => other,
             }
