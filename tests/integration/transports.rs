@@ -221,8 +221,14 @@ impl Env {
 
     /// SIGKILLs the server-side processes of this account's sessions; how many were killed.
     fn kill_sessions(&self) -> usize {
-        let user = self.disk.user();
-        let uid = match self.kind {
+        kill_sessions(self.kind, self.disk.user())
+    }
+}
+
+/// SIGKILLs the server-side processes of `user`'s sessions on `kind`; how many were killed.
+fn kill_sessions(kind: Kind, user: &str) -> usize {
+    {
+        let uid = match kind {
             Kind::Proftpd => None,
             _ => {
                 let out = std::process::Command::new("id")
@@ -546,6 +552,75 @@ async fn an_interrupted_upload_leaves_no_partial_file(kind: Kind) {
     s.quit().await;
 }
 on_every_server!(an_interrupted_upload_leaves_no_partial_file);
+
+/// A source of `total` bytes that kills the account's sessions once `after` bytes were read.
+struct KillingSource {
+    kind: Kind,
+    user: String,
+    total: usize,
+    read: usize,
+    after: usize,
+    killed: usize,
+}
+
+impl AsyncRead for KillingSource {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.read >= self.after && self.killed == 0 {
+            self.killed = kill_sessions(self.kind, &self.user);
+        }
+        let n = (self.total - self.read).min(buf.remaining()).min(64 * 1024);
+        buf.put_slice(&vec![b'k'; n]);
+        self.read += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+async fn a_session_killed_mid_upload_leaves_no_partial_or_temporary_file(kind: Kind) {
+    let env = Env::new(kind, &FULL).await;
+    let mut s = env.connect().await;
+    s.upload("/reports/kept.csv", &mut &b"complete\n"[..])
+        .await
+        .must();
+    let mut source = KillingSource {
+        kind,
+        user: env.disk.user().to_owned(),
+        total: 256 << 20,
+        read: 0,
+        after: 4 << 20,
+        killed: 0,
+    };
+    let err = s
+        .upload("/reports/kept.csv", &mut source)
+        .await
+        .must_fail("the upload must fail");
+    assert!(
+        source.killed > 0,
+        "{kind:?}: no session process was found to kill"
+    );
+    assert!(
+        matches!(err, AccountError::Transport(_) | AccountError::Timeout(_)),
+        "{kind:?}: {err:?}"
+    );
+    assert!(
+        source.read < source.total,
+        "{kind:?}: the upload finished before the kill"
+    );
+    assert_eq!(
+        env.disk.list("/reports"),
+        vec!["kept.csv"],
+        "{kind:?}: no temporary file left"
+    );
+    assert_eq!(
+        env.disk.read("/reports/kept.csv").as_deref(),
+        Some(&b"complete\n"[..])
+    );
+    s.quit().await;
+}
+on_every_server!(a_session_killed_mid_upload_leaves_no_partial_or_temporary_file);
 
 async fn a_wrong_password_is_refused_as_credentials(kind: Kind) {
     let env = Env::new(kind, &FULL).await;

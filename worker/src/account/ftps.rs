@@ -103,6 +103,7 @@ impl FtpsConnector {
             },
             relogins: 0,
             append_refused: false,
+            leftover: None,
         })
     }
 
@@ -192,6 +193,8 @@ pub struct FtpsSession {
     relogins: u32,
     /// The server refused APPE to an existing file once: append by rewriting from then on.
     append_refused: bool,
+    /// A failed upload's temporary file that could not be removed.
+    leftover: Option<String>,
 }
 
 /// The largest file an append rewrites when the server refuses APPE (the run log is far smaller).
@@ -395,6 +398,10 @@ impl Account for FtpsSession {
         }
     }
 
+    fn take_leftover(&mut self) -> Option<String> {
+        self.leftover.take()
+    }
+
     async fn keepalive(&mut self) -> Result<(), AccountError> {
         bounded(self.io, self.stream.noop())
             .await?
@@ -410,7 +417,8 @@ impl FtpsSession {
     /// Best effort: a temporary upload that failed does not stay on the account.
     async fn discard(&mut self, temp: &str) {
         if let Err(e) = self.remove(temp).await {
-            tracing::warn!(error = %e, "ftps: could not remove a failed upload's temporary file");
+            tracing::debug!(error = %e, "ftps: a failed upload's temporary file stays for now");
+            self.leftover = Some(temp.to_owned());
         }
     }
 

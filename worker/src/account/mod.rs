@@ -92,6 +92,11 @@ pub trait Account: Send + std::fmt::Debug {
     async fn mkdir(&mut self, dir: &str) -> Result<(), AccountError>;
     /// Keeps an idle session open (the server's idle timeout).
     async fn keepalive(&mut self) -> Result<(), AccountError>;
+    /// The temporary file of a failed upload that this session could not remove (its
+    /// connection was gone); taken once. A new session removes it (see [`Resilient`]).
+    fn take_leftover(&mut self) -> Option<String> {
+        None
+    }
     /// Ends the session politely (errors ignored: it is going anyway).
     async fn quit(self: Box<Self>);
 }

@@ -24,7 +24,7 @@ use shared::ApiKey;
 use shared::registry::Tenant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{Account, AccountError, Connector, Stat, is_temp_name};
+use super::{Account, AccountError, Connector, Stat};
 
 /// One tenant's session that reconnects by itself (see the module documentation).
 pub struct Resilient {
@@ -135,20 +135,11 @@ impl Resilient {
         r
     }
 
-    /// Removes the temporary files an upload of `path` left (its connection was cut off).
-    async fn sweep_temp_files(&mut self, path: &str) -> Result<(), AccountError> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let dir = if dir.is_empty() { "/" } else { dir };
-        let prefix = format!(".{name}.part-");
-        let names = self.session().await?.list(dir).await;
-        for n in self.seen(names)? {
-            if n.starts_with(&prefix) && is_temp_name(&n) {
-                let full = format!("{}/{n}", dir.trim_end_matches('/'));
-                let r = self.session().await?.remove(&full).await;
-                self.seen(r)?;
-            }
-        }
-        Ok(())
+    /// Removes what a cut-off upload left (its session could not: the connection was gone).
+    /// Listing cannot find it: FTP servers leave dot files out of `NLST`.
+    async fn remove_leftover(&mut self, temp: &str) -> Result<(), AccountError> {
+        let r = self.session().await?.remove(temp).await;
+        self.seen(r)
     }
 
     /// The folder of `path`, for "create it when missing".
@@ -230,12 +221,15 @@ impl Account for Resilient {
             },
             other => other,
         };
-        if let Err(e) = &r
-            && is_connection_trouble(e)
-        {
-            self.drop_session();
-            if let Err(sweep) = self.sweep_temp_files(path).await {
-                tracing::warn!(error = %sweep, "account: could not remove a cut-off upload's temporary file");
+        if r.is_err() {
+            let leftover = self.inner.as_mut().and_then(|s| s.take_leftover());
+            if r.as_ref().is_err_and(is_connection_trouble) {
+                self.drop_session();
+            }
+            if let Some(temp) = leftover
+                && let Err(e) = self.remove_leftover(&temp).await
+            {
+                tracing::warn!(error = %e, "account: a cut-off upload's temporary file stays");
             }
         }
         r
@@ -299,6 +293,10 @@ impl Account for Resilient {
     /// NOOP; a connection found dead is replaced, so the session is alive afterwards.
     async fn keepalive(&mut self) -> Result<(), AccountError> {
         twice!(self, |s| s.keepalive())
+    }
+
+    fn take_leftover(&mut self) -> Option<String> {
+        self.inner.as_mut().and_then(|s| s.take_leftover())
     }
 
     async fn quit(self: Box<Self>) {

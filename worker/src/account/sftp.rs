@@ -146,6 +146,7 @@ impl SftpConnector {
             sftp,
             io,
             base,
+            leftover: None,
         })
     }
 
@@ -244,6 +245,8 @@ pub struct SftpAccount {
     io: Duration,
     /// The login folder ("" when it is `/`): the account's root.
     base: String,
+    /// A failed upload's temporary file that could not be removed.
+    leftover: Option<String>,
 }
 
 impl std::fmt::Debug for SftpAccount {
@@ -275,6 +278,17 @@ impl SftpAccount {
         bounded(self.io, self.sftp.rename(wire_from, wire_to))
             .await?
             .map_err(write_error)
+    }
+
+    /// Best effort: a temporary upload that failed does not stay on the account.
+    async fn discard(&mut self, temp: &str) {
+        let gone = matches!(
+            bounded(self.io, self.sftp.remove_file(self.at(temp))).await,
+            Ok(Ok(()))
+        );
+        if !gone {
+            self.leftover = Some(temp.to_owned());
+        }
     }
 
     async fn write_temp(
@@ -377,12 +391,12 @@ impl Account for SftpAccount {
         let written = match self.write_temp(&temp, src).await {
             Ok(n) => n,
             Err(e) => {
-                let _ = bounded(self.io, self.sftp.remove_file(self.at(&temp))).await;
+                self.discard(&temp).await;
                 return Err(e);
             }
         };
         if let Err(e) = self.rename_over(&temp, path).await {
-            let _ = bounded(self.io, self.sftp.remove_file(self.at(&temp))).await;
+            self.discard(&temp).await;
             return Err(e);
         }
         Ok(written)
@@ -426,6 +440,10 @@ impl Account for SftpAccount {
                 _ => Err(write_error(e)),
             },
         }
+    }
+
+    fn take_leftover(&mut self) -> Option<String> {
+        self.leftover.take()
     }
 
     /// One SFTP round trip (SSH keepalives already run in the background).
