@@ -17,6 +17,9 @@ CACHE_DIR=${USER_IMPORT_CACHE_DIR:-/var/cache/user-import}
 if [[ $CACHE_DIR != none && -z ${CARGO_TARGET_DIR:-} ]]; then
   mkdir -p "$CACHE_DIR/target"
   export CARGO_TARGET_DIR=$CACHE_DIR/target
+  # Incremental data is per crate path: every fresh clone would add gigabytes of it to the shared
+  # cache, for a speed-up that only repeated edits in one clone get.
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 fi
 echo "target dir: ${CARGO_TARGET_DIR:-$ROOT/target}"
 
