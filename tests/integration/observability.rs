@@ -638,10 +638,11 @@ async fn no_secret_reaches_logs_spans_metrics_reports_or_email_even_at_trace_lev
     scan("the email as sent", &mail.raw);
     scan("the email's subject", &mail.subject);
     scan("the email's body", &mail.body_text);
-    for (name, bytes) in &mail.attachments {
+    for (name, zipped) in &mail.attachments {
+        let (_, bytes) = harness::fixtures::unzip_one(zipped);
         scan(
             &format!("the email attachment {name}"),
-            &String::from_utf8_lossy(bytes),
+            &String::from_utf8_lossy(&bytes),
         );
     }
     assert!(found.is_empty(), "the tenant's key leaked: {found:#?}");

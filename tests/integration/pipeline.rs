@@ -389,9 +389,12 @@ async fn the_email_and_the_report_hold_one_entry_per_record() {
         mail.body_text
     );
     assert_eq!(mail.attachments.len(), 1);
-    let (name, bytes) = &mail.attachments[0];
-    assert_eq!(name, &reports[0]);
-    let attached = csv_rows(&String::from_utf8_lossy(bytes));
+    let (name, zipped) = &mail.attachments[0];
+    let stem = reports[0].trim_end_matches(".csv");
+    assert_eq!(name, &format!("{stem}.zip"));
+    let (inner, bytes) = harness::fixtures::unzip_one(zipped);
+    assert_eq!(inner, reports[0], "the zip holds the report's CSV");
+    let attached = csv_rows(&String::from_utf8_lossy(&bytes));
     assert_eq!(attached, rows, "the attachment is the report");
 }
 

@@ -196,6 +196,25 @@ progress_every = {progress_every}
     }
 }
 
+/// The one file of a zip attachment: its name and its bytes.
+pub fn unzip_one(bytes: &[u8]) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .unwrap_or_else(|e| panic!("the attachment is not a zip: {e}"));
+    assert_eq!(archive.len(), 1, "one file in the zip");
+    let mut file = archive
+        .by_index(0)
+        .unwrap_or_else(|e| panic!("reading the zip: {e}"));
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("unzipping: {e}"));
+    let name = file
+        .name()
+        .unwrap_or_else(|e| panic!("the name in the zip: {e}"))
+        .into_owned();
+    (name, out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

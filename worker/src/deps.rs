@@ -13,7 +13,7 @@ use crate::alerts::Alerts;
 use crate::email::Mailer;
 use crate::import::store::ImportStore;
 use crate::metrics::WorkerMetrics;
-use crate::platform::PlatformClient;
+use crate::platform::{PlatformClient, RateLimits};
 
 #[derive(Debug)]
 pub struct Deps {
@@ -30,6 +30,8 @@ pub struct Deps {
     pub alerts: Alerts,
     /// The process's metrics (`/metrics` of `worker run`).
     pub metrics: Arc<WorkerMetrics>,
+    /// The client-side limits per platform host, shared by every job of this process.
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl Deps {
@@ -45,6 +47,7 @@ impl Deps {
             store: ImportStore::from_settings(&settings.redis)?,
             alerts: Alerts::from_settings(&settings.redis)?,
             metrics: Arc::new(WorkerMetrics::default()),
+            rate_limits: RateLimits::from_settings(&settings.platform.rate_limits),
             registry: RwLock::new(Arc::new(registry)),
             secrets,
             settings,

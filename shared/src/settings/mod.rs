@@ -6,7 +6,7 @@
 mod env;
 pub mod preflight;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -173,6 +173,39 @@ pub struct PlatformSettings {
     /// `unconfirmed`.
     #[serde(with = "humantime_serde")]
     pub status_timeout: Duration,
+    /// Client-side limits per API host, shared by the jobs of one worker (none by default).
+    #[serde(default)]
+    pub rate_limits: RateLimitSettings,
+}
+
+/// The limit for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLimit {
+    /// Requests started per second, over all jobs of this worker (0: no rate limit).
+    #[serde(default)]
+    pub requests_per_second: u32,
+    /// Requests in flight at once, over all jobs of this worker (0: no limit beyond each job's).
+    #[serde(default)]
+    pub concurrency: u32,
+}
+
+/// `platform.rate_limits` in the worker's settings: a limit per API host (`host` or `host:port`
+/// of the tenants' `api_base_url`, so per region), and a default for hosts not listed.
+///
+/// ```toml
+/// [platform.rate_limits]
+/// default = { requests_per_second = 50, concurrency = 32 }
+/// [platform.rate_limits.hosts]
+/// "api.eu.learning-admin.com" = { requests_per_second = 100, concurrency = 64 }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    #[serde(default)]
+    pub default: Option<HostLimit>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostLimit>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,6 +372,7 @@ impl Default for PlatformSettings {
             retry_after_max: Duration::from_secs(120),
             status_poll_interval: Duration::from_millis(500),
             status_timeout: Duration::from_secs(300),
+            rate_limits: RateLimitSettings::default(),
         }
     }
 }

@@ -290,6 +290,7 @@ impl<'d> JobRun<'d> {
             &self.deps.settings.platform,
             concurrency,
         )
+        .with_rate_limits(&self.deps.rate_limits)
         .with_stop(Arc::new(self.gate.clone()))
     }
 

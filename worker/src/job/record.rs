@@ -160,11 +160,14 @@ impl RunRecord {
                 c.invalid,
                 c.failed,
                 c.unconfirmed,
-                if c.deactivated > 0 {
-                    format!(", {} deactivated by full sync", c.deactivated)
-                } else {
-                    String::new()
-                }
+                [
+                    (c.deactivated_by_state, "deactivated by Account state"),
+                    (c.deactivated, "deactivated by full sync"),
+                ]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!(", {n} {what}"))
+                .collect::<String>()
             ),
             Ok(Outcome::Verified { counts: c, .. }) => format!(
                 "end: verified only, nothing written: {} rows, {} would be created, {} would be updated, {} unchanged, {} with errors, {} would be deactivated by full sync",

@@ -8,15 +8,12 @@ use shared::Sha1Digest;
 use shared::registry::Tenant;
 
 use super::{Step, guard, hash};
-use crate::email::MailAttachment;
+use crate::email;
 use crate::import::ImportSummary;
 use crate::import::apply::RowResult;
 use crate::job::{JobRun, Mail};
 use crate::layout::{CONFIRM_PATH, FULL_FLAG_PATH, REPORTS_DIR};
 use crate::outcome::{JobError, Outcome, Retryable};
-
-/// Attachments above this size are left out of the email (the report stays on the account).
-pub const MAX_ATTACHMENT_BYTES: u64 = 15 * 1024 * 1024;
 
 /// A verify-only run's report is `user-import-verify-…`, so it is never taken for an import's.
 pub fn report_path_for(started: DateTime<Utc>, sha1: &Sha1Digest, dry_run: bool) -> String {
@@ -147,8 +144,7 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
          Unchanged:   {}\n\
          Invalid:     {}\n\
          Failed:      {}\n\
-         Unconfirmed: {}\n\
-         Deactivated: {} (full sync: absent from the file)\n\n",
+         Unconfirmed: {}\n",
         ctx.tenant.portal_domain,
         ctx.tenant.admin.username,
         ctx.source,
@@ -162,8 +158,22 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
         c.invalid,
         c.failed,
         c.unconfirmed,
-        c.deactivated
     ));
+    // Only the lines that say something for this tenant: a count of full-sync deactivations
+    // when full sync is on, and Account-state deactivations when there were any.
+    if c.deactivated_by_state > 0 {
+        b.push_str(&format!(
+            "Deactivated: {} (by the file's Account state column)\n",
+            c.deactivated_by_state
+        ));
+    }
+    if ctx.tenant.import.full_sync {
+        b.push_str(&format!(
+            "Deactivated: {} (full sync: absent from the file)\n",
+            c.deactivated
+        ));
+    }
+    b.push('\n');
     if !ctx.summary.unknown_columns.is_empty() {
         b.push_str(&format!(
             "Columns not recognised (ignored): {}\n\n",
@@ -202,28 +212,23 @@ async fn email(job: &JobRun<'_>, ctx: &EmailContext<'_>) -> Result<(), String> {
         .map(|m| m.len())
         .map_err(|e| e.to_string())?;
     let mut text = body(ctx);
-    let attachment = if size <= MAX_ATTACHMENT_BYTES {
-        let bytes = tokio::fs::read(&ctx.summary.results_file)
+    let name = ctx
+        .report_path
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.strip_suffix(".csv"))
+        .unwrap_or("user-import-report");
+    // Zipped (spreadsheets open it, and it is about a tenth of the CSV), built by streaming.
+    let attachment =
+        email::attachment_from_file(&ctx.summary.results_file, name, email::ZIP_ATTACHMENT_LIMIT)
             .await
             .map_err(|e| e.to_string())?;
-        let filename = ctx
-            .report_path
-            .rsplit('/')
-            .next()
-            .unwrap_or("user-import-report.csv")
-            .to_owned();
-        Some(MailAttachment {
-            filename,
-            content_type: "text/csv; charset=utf-8",
-            bytes,
-        })
-    } else {
+    if attachment.is_none() {
         text.push_str(&format!(
-            "\nThe report ({size} bytes) is too large to attach; fetch it from {}.\n",
+            "\nThe report ({size} bytes) is too large to attach, even zipped; fetch it from {}.\n",
             ctx.report_path
         ));
-        None
-    };
+    }
     job.email(Mail {
         subject: subject(ctx.tenant, ctx.summary),
         body: text,

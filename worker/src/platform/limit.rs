@@ -8,11 +8,10 @@
 //! [`super::PlatformClient`] with [`super::PlatformClient::with_rate_limits`]. The fleet-wide limit
 //! is this per-worker limit times the number of workers serving the region; set it accordingly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use url::Url;
@@ -21,35 +20,7 @@ use url::Url;
 /// platform counting by arrival must still never see more than the limit in a second.
 pub const WINDOW_GUARD: Duration = Duration::from_millis(20);
 
-/// The limit for one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostLimit {
-    /// Requests started per second, over all jobs of this worker (0: no rate limit).
-    #[serde(default)]
-    pub requests_per_second: u32,
-    /// Requests in flight at once, over all jobs of this worker (0: no limit beyond each job's).
-    #[serde(default)]
-    pub concurrency: u32,
-}
-
-/// `platform.rate_limits` in the worker's settings: a limit per API host (`host` or `host:port`
-/// of the tenants' `api_base_url`, so per region), and a default for hosts not listed.
-///
-/// ```toml
-/// [platform.rate_limits]
-/// default = { requests_per_second = 50, concurrency = 32 }
-/// [platform.rate_limits.hosts]
-/// "api.eu.learning-admin.com" = { requests_per_second = 100, concurrency = 64 }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSettings {
-    #[serde(default)]
-    pub default: Option<HostLimit>,
-    #[serde(default)]
-    pub hosts: BTreeMap<String, HostLimit>,
-}
+pub use shared::settings::{HostLimit, RateLimitSettings};
 
 /// The limiters of one worker, one per host, made on first use.
 #[derive(Debug, Default)]
