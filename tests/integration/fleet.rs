@@ -672,3 +672,39 @@ async fn a_tick_published_twice_runs_once() {
     );
     env.cleanup().await;
 }
+
+/// A tenant added to the registry after the worker read it: the scheduler publishes its first
+/// job as soon as it has read the file, and the worker reads the file again rather than
+/// dead-lettering the job as for an unknown tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_added_to_the_registry_while_the_worker_runs_gets_its_first_job_imported() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let path = env.settings().registry.file;
+    let full = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let second = full
+        .match_indices("[[tenant]]")
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("two tenants in {full}"));
+    std::fs::write(&path, &full[..second]).unwrap_or_else(|e| panic!("{e}"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = env.spawn_worker("w", tx);
+    // The support team adds the tenant; its first job arrives before any periodic reload.
+    std::fs::write(&path, &full).unwrap_or_else(|e| panic!("{e}"));
+    env.accounts[1].put("uploads/user-import.csv", users_csv("added", 3).as_bytes());
+    env.publish_job(env.tenant(1), Utc::now()).await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| !e.is_empty()).await;
+    worker.shutdown().await;
+    assert_eq!(
+        (events[0].tenant.as_str(), events[0].disposition),
+        (env.tenant(1), "imported"),
+        "{events:#?}"
+    );
+    assert_eq!(env.fake.users(&env.domain(1)).len(), 3);
+    assert!(env.dead_letters().await.is_empty());
+    env.cleanup().await;
+}

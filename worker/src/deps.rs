@@ -61,6 +61,22 @@ impl Deps {
         }
     }
 
+    /// Reads the registry file again and swaps it in when it loads (a file that does not load is
+    /// logged and the current registry kept). True when it was swapped in.
+    pub fn reload_registry(&self) -> bool {
+        match Registry::load(&self.settings.registry.file) {
+            Ok(registry) => {
+                tracing::info!(tenants = registry.len(), "registry reloaded");
+                self.replace_registry(registry);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the registry could not be reloaded; keeping the current one");
+                false
+            }
+        }
+    }
+
     /// Swaps in a reloaded registry; jobs already running keep the one they started with.
     pub fn replace_registry(&self, registry: Registry) {
         match self.registry.write() {

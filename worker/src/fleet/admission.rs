@@ -2,8 +2,6 @@
 //! tick's first delivery, take the tenant's lock. The result is an [`Admission`] (the job may
 //! run) or the [`Disposition`] that settles the delivery without running anything.
 
-use std::time::Duration;
-
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use shared::amqp::{header, header_str, header_u32};
@@ -50,6 +48,14 @@ pub async fn admit(
     span.record("job_id", event.job_id.as_str());
     span.record("attempt", attempt);
 
+    // A tenant added to the registry since this worker read it: read it again before refusing
+    // (the scheduler publishes a new tenant's first job once it has read the same file).
+    if job.region == fleet.topology.region
+        && deps.registry().get(&job.tenant).is_none()
+        && deps.reload_registry()
+    {
+        tracing::info!("the job's tenant was not known: the registry was read again");
+    }
     if let Some(refused) = refusal(deps, fleet, &job) {
         tracing::warn!(reason = refused.reason(), "job refused: dead-lettering");
         return Err(refused);
@@ -124,13 +130,28 @@ async fn claim_tick(
     }
 }
 
-/// Redis cannot be reached: the delivery goes back to the queue after a pause.
+/// Redis cannot be reached: the job waits in the first delay queue and comes back as it was. A
+/// hand-back (nack) would count as a delivery of the quorum queue and, after `delivery_limit`
+/// of them, dead-letter the job; a job re-published to the delay queue starts a new count, so an
+/// outage of any length loses nothing (the worker reports not-ready meanwhile).
 async fn redis_unavailable(fleet: &FleetDeps, what: &str, e: &redis::RedisError) -> Disposition {
     fleet.health.set_redis(false);
-    tracing::warn!(error = %e, "cannot reach Redis for {what}: handing back");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    Disposition::HandBack {
-        reason: "redis-unavailable",
+    tracing::warn!(error = %e, "cannot reach Redis for {what}: waiting in the delay queue");
+    while_redis_is_down(&fleet.topology)
+}
+
+/// How a delivery waits out a Redis outage.
+pub fn while_redis_is_down(topology: &shared::amqp::Topology) -> Disposition {
+    match topology.retry_delays.first().copied() {
+        Some(delay) => Disposition::RetryLater {
+            delay,
+            reason: "redis-unavailable",
+            headers: Vec::new(),
+            failure: false,
+        },
+        None => Disposition::HandBack {
+            reason: "redis-unavailable",
+        },
     }
 }
 

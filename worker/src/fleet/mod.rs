@@ -112,6 +112,7 @@ impl FleetDeps {
 /// Runs until `shutdown` fires, then drains and returns.
 pub async fn run(deps: Arc<Deps>, fleet: Arc<FleetDeps>, shutdown: CancellationToken) {
     let pinger = tokio::spawn(ping_redis(fleet.clone(), shutdown.clone()));
+    let registry_watch = tokio::spawn(watch_registry(deps.clone(), shutdown.clone()));
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
         match session(&deps, &fleet, &shutdown).await {
@@ -130,6 +131,25 @@ pub async fn run(deps: Arc<Deps>, fleet: Arc<FleetDeps>, shutdown: CancellationT
     }
     fleet.health.set_draining();
     pinger.abort();
+    registry_watch.abort();
+}
+
+/// Reads the registry again when its file changes (as the scheduler does), so a tenant's changed
+/// entry applies to its next job; a job for a tenant not known yet reloads at once (admission).
+async fn watch_registry(deps: Arc<Deps>, shutdown: CancellationToken) {
+    let file = deps.settings.registry.file.clone();
+    let modified = |f: &std::path::Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&file);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+        let now = modified(&file);
+        if now != seen && deps.reload_registry() {
+            seen = now;
+        }
+    }
 }
 
 /// One broker connection: consume until shutdown (drain, `Ok`) or a broker failure (`Err`).
@@ -394,6 +414,21 @@ mod tests {
         assert_eq!(
             after_job(&bad_file, 0, false, &topology()).reason(),
             "unreadable-file"
+        );
+    }
+
+    #[test]
+    fn a_redis_outage_waits_in_the_delay_queue_without_a_hand_back_or_a_dead_letter() {
+        let d = admission::while_redis_is_down(&topology());
+        assert_eq!(d.label(), "retry-scheduled");
+        assert_eq!(d.reason(), "redis-unavailable");
+        assert!(!d.is_failure());
+        let Disposition::RetryLater { headers, .. } = d else {
+            panic!("{d:?}")
+        };
+        assert!(
+            headers.is_empty(),
+            "comes back as it was: fresh, same attempt"
         );
     }
 
