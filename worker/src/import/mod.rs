@@ -132,40 +132,127 @@ pub async fn run(
     progress: &mpsc::UnboundedSender<String>,
     cancel: &dyn StopCheck,
 ) -> Result<Run, ImportError> {
-    let fields = client.profile_fields().await.map_err(|e| match e {
-        ApiError::Credentials(code) => ImportError::Credentials(code),
-        ApiError::Stopped => ImportError::Cancelled,
-        other => ImportError::Api(other),
-    })?;
+    let fields = profile_fields(client).await?;
     // Decode to UTF-8 first (a sibling temp file, removed when this function returns).
-    let utf8_copy = tempfile::Builder::new()
-        .prefix("user-import-utf8-")
-        .tempfile_in(file.parent().unwrap_or(Path::new(".")))?;
-    let (encoding, converted) = {
-        let (input, out) = (file.to_owned(), utf8_copy.path().to_owned());
-        tokio::task::spawn_blocking(move || decode::normalise(&input, &out))
-            .await
-            .map_err(|e| ImportError::WorkerFault(e.to_string()))?
-            .map_err(|e| match e {
-                decode::DecodeError::Binary => ImportError::Unreadable(e.to_string()),
-                decode::DecodeError::Io(io) => ImportError::Io(io),
-            })?
-    };
-    let file: &Path = if converted { utf8_copy.path() } else { file };
+    let decoded = Decoded::of(file).await?;
+    let (file, encoding) = (decoded.path(file), decoded.encoding);
     let delimiter = sniff_delimiter(file)?;
-    let first = {
-        let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
-        tokio::task::spawn_blocking(move || first_pass(&file, delimiter, &fields, &params))
-            .await
-            .map_err(|e| ImportError::WorkerFault(e.to_string()))??
-    };
+    let mut first = first_pass_off_thread(file, delimiter, &fields, params).await?;
     let unknown: Vec<String> = first
         .template
         .unknown_columns()
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let _ = progress.send(format!(
+    let _ = progress.send(validated_line(encoding, delimiter, &first, &unknown));
+    forget_fingerprints_if_forced(params, progress).await?;
+    let file_users = first.file_users.take();
+    let absent = full_sync::absent_users(params, &first, file_users, progress).await?;
+
+    let mandatory = Template::mandatory_keys(&fields);
+    let guesses = CreateFirst::default();
+    let pass = Pass {
+        file,
+        delimiter,
+        first: &first,
+        params,
+        client,
+        mandatory: &mandatory,
+        cancel,
+        create_first: &guesses,
+    };
+    // The plan's reads, on disk: the import works from them instead of reading every user again.
+    let planned = match guard_plan(&pass, absent.len() as u64, progress).await? {
+        Plan::Held(held) => return Ok(Run::Held(held)),
+        Plan::Go(planned) => planned,
+    };
+
+    let mut tally = Tally::new(results_path, params, first.rows, progress)?;
+    let mut record = |r: RowResult| tally.record(r);
+    pass.rows(params.verify, None, planned, &mut record).await?;
+    full_sync::deactivate(client, params, &absent, cancel, &mut record).await?;
+    let (counts, first_problems) = tally.finish()?;
+    Ok(Run::Done(ImportSummary {
+        counts,
+        unknown_columns: unknown,
+        first_problems,
+        results_file: results_path.to_owned(),
+        delimiter: delimiter as char,
+        encoding,
+        verify: params.verify,
+    }))
+}
+
+/// The tenant's profile fields, with the API's refusal mapped to why the import cannot run.
+async fn profile_fields(client: &PlatformClient) -> Result<ProfileFields, ImportError> {
+    client.profile_fields().await.map_err(|e| match e {
+        ApiError::Credentials(code) => ImportError::Credentials(code),
+        ApiError::Stopped => ImportError::Cancelled,
+        other => ImportError::Api(other),
+    })
+}
+
+/// The file decoded to UTF-8: the encoding it was in and, when it was not UTF-8 already, the
+/// converted copy (removed when this value is dropped).
+struct Decoded {
+    copy: tempfile::NamedTempFile,
+    encoding: decode::TextEncoding,
+    converted: bool,
+}
+
+impl Decoded {
+    /// Decodes `file` into a sibling temp file, off the async threads.
+    async fn of(file: &Path) -> Result<Self, ImportError> {
+        let copy = tempfile::Builder::new()
+            .prefix("user-import-utf8-")
+            .tempfile_in(file.parent().unwrap_or(Path::new(".")))?;
+        let (input, out) = (file.to_owned(), copy.path().to_owned());
+        let (encoding, converted) =
+            tokio::task::spawn_blocking(move || decode::normalise(&input, &out))
+                .await
+                .map_err(|e| ImportError::WorkerFault(e.to_string()))?
+                .map_err(|e| match e {
+                    decode::DecodeError::Binary => ImportError::Unreadable(e.to_string()),
+                    decode::DecodeError::Io(io) => ImportError::Io(io),
+                })?;
+        Ok(Self {
+            copy,
+            encoding,
+            converted,
+        })
+    }
+
+    /// The file to read: the converted copy, or `original` when it needed no conversion.
+    fn path<'a>(&'a self, original: &'a Path) -> &'a Path {
+        if self.converted {
+            self.copy.path()
+        } else {
+            original
+        }
+    }
+}
+
+/// [`first_pass`] on a blocking thread.
+async fn first_pass_off_thread(
+    file: &Path,
+    delimiter: u8,
+    fields: &ProfileFields,
+    params: &ImportParams,
+) -> Result<FirstPass, ImportError> {
+    let (file, fields, params) = (file.to_owned(), fields.clone(), params.clone());
+    tokio::task::spawn_blocking(move || first_pass(&file, delimiter, &fields, &params))
+        .await
+        .map_err(|e| ImportError::WorkerFault(e.to_string()))?
+}
+
+/// The progress line saying how the file was read and what the first pass found.
+fn validated_line(
+    encoding: decode::TextEncoding,
+    delimiter: u8,
+    first: &FirstPass,
+    unknown: &[String],
+) -> String {
+    format!(
         "file encoding {}, delimiter {:?}; validated {} rows: {} invalid{}{}",
         encoding.label(),
         delimiter as char,
@@ -184,122 +271,169 @@ pub async fn run(
         } else {
             format!("; ignored unknown columns: {}", unknown.join(", "))
         }
-    ));
+    )
+}
+
+/// A full re-push (with `skip_unchanged`, not verify-only) forgets the stored row fingerprints.
+async fn forget_fingerprints_if_forced(
+    params: &ImportParams,
+    progress: &mpsc::UnboundedSender<String>,
+) -> Result<(), ImportError> {
     if params.options.skip_unchanged && params.force_full && !params.verify {
         params.store.forget_all(&params.tenant).await?;
         let _ = progress.send("full re-push asked for: row fingerprints forgotten".into());
     }
-    let mut first = first;
-    let file_users = first.file_users.take();
-    let absent = full_sync::absent_users(params, &first, file_users, progress).await?;
+    Ok(())
+}
 
-    let mandatory = Template::mandatory_keys(&fields);
-    let guesses = CreateFirst::default();
-    let pass = Pass {
-        file,
-        delimiter,
-        first: &first,
-        params,
-        client,
-        mandatory: &mandatory,
-        cancel,
-        create_first: &guesses,
-    };
+/// What the mass-change guard decided: hold the run, or go on (with the plan's reads, if it
+/// planned).
+enum Plan {
+    Held(Held),
+    Go(Option<ReadsIn>),
+}
 
+/// Whether the first pass's counts alone could exceed the mass-change guard's limits, so that
+/// the run must be planned before any write.
+fn may_hold(params: &ImportParams, first: &FirstPass, absent: u64) -> bool {
     let guard = &params.options.mass_change_guard;
-    let may_hold = !params.verify
+    !params.verify
         && !params.confirmed
         && guard.enabled
         && (first.valid > guard.max_update_count
-            || first.deactivate_rows + absent.len() as u64 > guard.max_deactivate_count);
-    // The plan's reads, on disk: the import works from them instead of reading every user again.
-    let mut planned: Option<ReadsIn> = None;
-    if may_hold {
-        // The plan: every row decided as for verify-only, nothing written; what it read is kept
-        // on disk for the import.
-        let mut held = Held {
-            deactivations: absent.len() as u64,
-            updates: 0,
-            existing: absent.len() as u64,
-        };
-        let mut reads = ReadsOut::new()?;
-        pass.rows(true, Some(&mut reads), None, |r| {
-            if matches!(
-                r.status,
-                RowStatus::Updated | RowStatus::Unchanged | RowStatus::Deactivated
-            ) {
-                held.existing += 1;
-            }
-            if r.action.contains("deactivate") {
-                held.deactivations += 1;
-            }
-            if matches!(r.status, RowStatus::Updated | RowStatus::Deactivated)
-                && r.action != "deactivate"
-            {
-                held.updates += 1;
-            }
-            Ok(())
-        })
-        .await?;
-        let _ = progress.send(format!(
-            "mass-change guard: the file would deactivate {} and update {} of {} existing users",
-            held.deactivations, held.updates, held.existing
-        ));
-        if guard.deactivations_exceeded(held.deactivations, held.existing)
-            || guard.updates_exceeded(held.updates, held.existing)
-        {
-            return Ok(Run::Held(held));
+            || first.deactivate_rows + absent > guard.max_deactivate_count)
+}
+
+/// The mass-change guard: when the run may exceed its limits, every row is decided as for
+/// verify-only, nothing written, and the run is held if the changes are too many; what the plan
+/// read is kept on disk for the import.
+async fn guard_plan(
+    pass: &Pass<'_>,
+    absent: u64,
+    progress: &mpsc::UnboundedSender<String>,
+) -> Result<Plan, ImportError> {
+    if !may_hold(pass.params, pass.first, absent) {
+        return Ok(Plan::Go(None));
+    }
+    let mut held = Held {
+        deactivations: absent,
+        updates: 0,
+        existing: absent,
+    };
+    let mut reads = ReadsOut::new()?;
+    pass.rows(true, Some(&mut reads), None, |r| {
+        held.count(&r);
+        Ok(())
+    })
+    .await?;
+    let _ = progress.send(format!(
+        "mass-change guard: the file would deactivate {} and update {} of {} existing users",
+        held.deactivations, held.updates, held.existing
+    ));
+    let guard = &pass.params.options.mass_change_guard;
+    if guard.deactivations_exceeded(held.deactivations, held.existing)
+        || guard.updates_exceeded(held.updates, held.existing)
+    {
+        return Ok(Plan::Held(held));
+    }
+    Ok(Plan::Go(Some(reads.into_reader()?)))
+}
+
+impl Held {
+    /// Counts one planned row's change.
+    fn count(&mut self, r: &RowResult) {
+        if matches!(
+            r.status,
+            RowStatus::Updated | RowStatus::Unchanged | RowStatus::Deactivated
+        ) {
+            self.existing += 1;
         }
-        planned = Some(reads.into_reader()?);
+        if r.action.contains("deactivate") {
+            self.deactivations += 1;
+        }
+        if matches!(r.status, RowStatus::Updated | RowStatus::Deactivated)
+            && r.action != "deactivate"
+        {
+            self.updates += 1;
+        }
+    }
+}
+
+/// Where each row's result goes: the counts, the results file, the first problems and, every
+/// `progress_every` rows, a progress line.
+struct Tally<'a> {
+    writer: ResultsWriter,
+    counts: Counts,
+    first_problems: Vec<RowResult>,
+    progress: &'a mpsc::UnboundedSender<String>,
+    progress_every: u64,
+    /// Rows of the file, as the first pass counted them.
+    file_rows: u64,
+}
+
+impl<'a> Tally<'a> {
+    /// Creates the results file.
+    fn new(
+        results_path: &Path,
+        params: &ImportParams,
+        file_rows: u64,
+        progress: &'a mpsc::UnboundedSender<String>,
+    ) -> Result<Self, ImportError> {
+        Ok(Self {
+            writer: ResultsWriter::create(results_path, params.verify)?,
+            counts: Counts::default(),
+            first_problems: Vec::new(),
+            progress,
+            progress_every: params.progress_every,
+            file_rows,
+        })
     }
 
-    let mut writer = ResultsWriter::create(results_path, params.verify)?;
-    let mut counts = Counts::default();
-    let mut first_problems = Vec::new();
-    let mut record = |r: RowResult| -> Result<(), ImportError> {
-        counts.rows += 1;
-        match r.status {
-            RowStatus::Created => counts.created += 1,
-            RowStatus::Updated => counts.updated += 1,
-            RowStatus::Unchanged => counts.unchanged += 1,
-            RowStatus::Invalid => counts.invalid += 1,
-            RowStatus::Failed => counts.failed += 1,
-            RowStatus::Unconfirmed => counts.unconfirmed += 1,
-            RowStatus::Deactivated if r.line > 0 => counts.deactivated_by_state += 1,
-            RowStatus::Deactivated => {
-                // Full sync: not a row of the file.
-                counts.rows -= 1;
-                counts.deactivated += 1;
-            }
+    /// Takes one row's result.
+    fn record(&mut self, r: RowResult) -> Result<(), ImportError> {
+        count_status(&mut self.counts, &r);
+        self.writer.write(&r)?;
+        if r.status.is_problem() && self.first_problems.len() < FIRST_PROBLEMS {
+            self.first_problems.push(r);
         }
-        writer.write(&r)?;
-        if r.status.is_problem() && first_problems.len() < FIRST_PROBLEMS {
-            first_problems.push(r);
-        }
-        if counts.rows % params.progress_every == 0 && counts.deactivated == 0 {
-            let _ = progress.send(format!(
+        let counts = &self.counts;
+        if counts.rows.is_multiple_of(self.progress_every) && counts.deactivated == 0 {
+            let _ = self.progress.send(format!(
                 "progress: {}/{} rows, {} ok, {} invalid, {} failed",
                 counts.rows,
-                first.rows,
+                self.file_rows,
                 counts.ok(),
                 counts.invalid,
                 counts.failed + counts.unconfirmed
             ));
         }
         Ok(())
-    };
-    pass.rows(params.verify, None, planned, &mut record).await?;
-    full_sync::deactivate(client, params, &absent, cancel, &mut record).await?;
-    writer.finish()?;
-    Ok(Run::Done(ImportSummary {
-        counts,
-        unknown_columns: unknown,
-        first_problems,
-        results_file: results_path.to_owned(),
-        delimiter: delimiter as char,
-        encoding,
-        verify: params.verify,
-    }))
+    }
+
+    /// Closes the results file; the counts and the first problems.
+    fn finish(self) -> Result<(Counts, Vec<RowResult>), ImportError> {
+        self.writer.finish()?;
+        Ok((self.counts, self.first_problems))
+    }
+}
+
+/// Counts one result by its status.
+fn count_status(counts: &mut Counts, r: &RowResult) {
+    counts.rows += 1;
+    match r.status {
+        RowStatus::Created => counts.created += 1,
+        RowStatus::Updated => counts.updated += 1,
+        RowStatus::Unchanged => counts.unchanged += 1,
+        RowStatus::Invalid => counts.invalid += 1,
+        RowStatus::Failed => counts.failed += 1,
+        RowStatus::Unconfirmed => counts.unconfirmed += 1,
+        RowStatus::Deactivated if r.line > 0 => counts.deactivated_by_state += 1,
+        RowStatus::Deactivated => {
+            // Full sync: not a row of the file.
+            counts.rows -= 1;
+            counts.deactivated += 1;
+        }
+    }
 }
 
 /// One pass over the rows: validated again, then decided (and, unless `dry_run`, applied), one
@@ -638,6 +772,7 @@ fn claimed_names(input: &row::RowInput) -> (u64, Option<u64>) {
     (first, second)
 }
 
+/// Validates and counts every row and notes the names they hold, without any API call.
 fn first_pass(
     file: &Path,
     delimiter: u8,
@@ -646,80 +781,130 @@ fn first_pass(
 ) -> Result<FirstPass, ImportError> {
     let mut rdr = reader(file, delimiter, params.max_record_bytes)?;
     let template = Template::from_header(&header_of(&mut rdr)?, fields)?;
-    // Bounded memory (see `names`): the names of valid rows for the duplicate check, the rows
-    // naming two users for an exact count, and with full sync every name of the file.
-    let mut claimed = NameSpill::default();
-    let mut pairs = PairSpill::default();
-    let full_sync = params.options.full_sync;
-    let mut file_users = full_sync.then(NameSpill::default);
-    let (mut rows, mut invalid) = (0u64, 0u64);
-    let (mut valid, mut deactivate_rows, mut nameless) = (0u64, 0u64, 0u64);
+    let mut tally = FirstTally::new(params.options.full_sync);
     while let Some(item) = rdr.next_item()? {
-        rows += 1;
-        if rows > params.max_rows {
+        tally.rows += 1;
+        if tally.rows > params.max_rows {
             return Err(ImportError::TooManyRows(params.max_rows));
         }
         let Item::Record { line, fields } = item else {
             // Reported in the second pass.
-            invalid += 1;
-            nameless += 1;
+            tally.unreadable();
             continue;
         };
         let cells: Vec<&str> = fields.iter().map(String::as_str).collect();
         match row::validate(line, &cells, &template, &params.options) {
-            Ok(input) => {
-                valid += 1;
-                if input.state == Some(row::StateChange::Deactivate) {
-                    deactivate_rows += 1;
-                }
-                let (first, second) = claimed_names(&input);
-                claimed.push(first)?;
-                if let Some(second) = second {
-                    claimed.push(second)?;
-                    pairs.push(first, second)?;
-                }
-                if let Some(all) = &mut file_users {
-                    all.push(first)?;
-                    if let Some(second) = second {
-                        all.push(second)?;
-                    }
-                }
-            }
-            Err(e) => {
-                invalid += 1;
-                if e.username.is_empty() {
-                    nameless += 1;
-                } else if let Some(all) = &mut file_users {
-                    all.push(key_hash(&e.username))?;
-                    // An invalid row's New username cell may name the user too.
-                    if let Some(new) = template
-                        .columns
-                        .iter()
-                        .position(|c| *c == template::Column::NewUsername)
-                        .and_then(|i| cells.get(i))
-                        .map(|c| c.trim())
-                        .filter(|c| !c.is_empty())
-                    {
-                        all.push(key_hash(new))?;
-                    }
-                }
-            }
+            Ok(input) => tally.valid_row(&input)?,
+            Err(e) => tally.invalid_row(&e, &template, &cells)?,
         }
     }
-    let (duplicates, occurrences) = claimed.duplicates()?;
-    // Each row claims at most two names: a row with both of them duplicated counted twice.
-    let duplicate_rows = occurrences - pairs.both_in(&duplicates)?;
-    Ok(FirstPass {
-        template,
-        rows,
-        invalid: invalid + duplicate_rows,
-        duplicate_rows,
-        valid: valid - duplicate_rows,
-        deactivate_rows,
-        nameless,
-        duplicates,
-        file_users,
-    })
+    tally.finish(template)
+}
+
+/// What the first pass gathers, row by row: the counts, and the names the rows hold.
+struct FirstTally {
+    rows: u64,
+    invalid: u64,
+    valid: u64,
+    deactivate_rows: u64,
+    nameless: u64,
+    // Bounded memory (see `names`): the names of valid rows for the duplicate check, the rows
+    // naming two users for an exact count, and with full sync every name of the file.
+    claimed: NameSpill,
+    pairs: PairSpill,
+    file_users: Option<NameSpill>,
+}
+
+impl FirstTally {
+    /// Nothing counted yet; every name of the file is kept only with full sync.
+    fn new(full_sync: bool) -> Self {
+        Self {
+            rows: 0,
+            invalid: 0,
+            valid: 0,
+            deactivate_rows: 0,
+            nameless: 0,
+            claimed: NameSpill::default(),
+            pairs: PairSpill::default(),
+            file_users: full_sync.then(NameSpill::default),
+        }
+    }
+
+    /// A record that could not be read: invalid, and naming nobody.
+    fn unreadable(&mut self) {
+        self.invalid += 1;
+        self.nameless += 1;
+    }
+
+    /// A valid row: counted, and the names it claims kept.
+    fn valid_row(&mut self, input: &row::RowInput) -> Result<(), ImportError> {
+        self.valid += 1;
+        if input.state == Some(row::StateChange::Deactivate) {
+            self.deactivate_rows += 1;
+        }
+        let (first, second) = claimed_names(input);
+        self.claimed.push(first)?;
+        if let Some(second) = second {
+            self.claimed.push(second)?;
+            self.pairs.push(first, second)?;
+        }
+        if let Some(all) = &mut self.file_users {
+            all.push(first)?;
+            if let Some(second) = second {
+                all.push(second)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An invalid row: counted and, with full sync, the names it holds kept.
+    fn invalid_row(
+        &mut self,
+        e: &RowError,
+        template: &Template,
+        cells: &[&str],
+    ) -> Result<(), ImportError> {
+        self.invalid += 1;
+        if e.username.is_empty() {
+            self.nameless += 1;
+        } else if let Some(all) = &mut self.file_users {
+            all.push(key_hash(&e.username))?;
+            // An invalid row's New username cell may name the user too.
+            if let Some(new) = new_username_cell(template, cells) {
+                all.push(key_hash(new))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first pass's result: rows claiming a duplicated username become invalid.
+    fn finish(self, template: Template) -> Result<FirstPass, ImportError> {
+        let (duplicates, occurrences) = self.claimed.duplicates()?;
+        // Each row claims at most two names: a row with both of them duplicated counted twice.
+        let duplicate_rows = occurrences - self.pairs.both_in(&duplicates)?;
+        Ok(FirstPass {
+            template,
+            rows: self.rows,
+            invalid: self.invalid + duplicate_rows,
+            duplicate_rows,
+            valid: self.valid - duplicate_rows,
+            deactivate_rows: self.deactivate_rows,
+            nameless: self.nameless,
+            duplicates,
+            file_users: self.file_users,
+        })
+    }
+}
+
+/// The row's New username cell, trimmed, when the file has that column and the cell is not empty.
+fn new_username_cell<'c>(template: &Template, cells: &[&'c str]) -> Option<&'c str> {
+    template
+        .columns
+        .iter()
+        .position(|c| *c == template::Column::NewUsername)
+        .and_then(|i| cells.get(i))
+        .map(|c| c.trim())
+        .filter(|c| !c.is_empty())
 }
 
 fn second_pass(

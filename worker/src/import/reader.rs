@@ -155,84 +155,112 @@ impl<R: Read> BoundedReader<R> {
     /// The next record; `Ok(None)` at the end of the file.
     pub fn next_item(&mut self) -> std::io::Result<Option<Item>> {
         loop {
-            // Line breaks between records (the rest of a CRLF, blank lines) are consumed here,
-            // so the record's first byte is on the line we name.
-            loop {
-                self.fill()?;
-                match self.buf[self.pos..self.len].first() {
-                    Some(b'\n' | b'\r') => {
-                        self.consumed(self.pos, 1);
-                        self.pos += 1;
-                    }
-                    _ => break,
-                }
-            }
+            self.skip_line_breaks()?;
             let line = self.newlines + 1;
-            self.quote = QuoteState::StartOfCell;
-            let (mut nout, mut nend) = (0usize, 0usize);
-            let mut overflow: Option<Item> = None;
-            loop {
-                self.fill()?;
-                let input = &self.buf[self.pos..self.len];
-                let (res, nin, o, e) = if overflow.is_some() {
-                    self.core
-                        .read_record(input, &mut self.scratch, &mut self.scratch_ends)
-                } else {
-                    self.core
-                        .read_record(input, &mut self.out[nout..], &mut self.ends[nend..])
-                };
-                self.consumed(self.pos, nin);
-                self.pos += nin;
-                if overflow.is_none() {
-                    nout += o;
-                    nend += e;
+            let nend = match self.parse_record(line)? {
+                Parsed::End => return Ok(None),
+                // Ended by the end of the file inside a quote: the quote, not the size, is the news.
+                _ if self.quote == QuoteState::Quoted && self.eof && self.pos == self.len => {
+                    return Ok(Some(Item::UnterminatedQuote {
+                        line,
+                        quote_line: self.quote_line,
+                    }));
                 }
-                match res {
-                    ReadRecordResult::InputEmpty => continue,
-                    ReadRecordResult::OutputFull => {
-                        overflow.get_or_insert(Item::TooLong {
-                            line,
-                            limit: self.out.len(),
-                        });
-                    }
-                    ReadRecordResult::OutputEndsFull => {
-                        overflow.get_or_insert(Item::TooManyFields { line });
-                    }
-                    ReadRecordResult::Record => break,
-                    ReadRecordResult::End => return Ok(None),
-                }
+                Parsed::Overflow(item) => return Ok(Some(item)),
+                Parsed::Fields(nend) => nend,
+            };
+            if !self.is_blank(nend) {
+                return Ok(Some(self.record(line, nend)));
             }
-            // Ended by the end of the file inside a quote: the quote, not the size, is the news.
-            if self.quote == QuoteState::Quoted && self.eof && self.pos == self.len {
-                return Ok(Some(Item::UnterminatedQuote {
-                    line,
-                    quote_line: self.quote_line,
-                }));
-            }
-            if let Some(item) = overflow {
-                return Ok(Some(item));
-            }
-            // A blank line parses as one empty field, a line of spaces as one blank field: not
-            // records.
-            if nend == 1
-                && self.out[..self.ends[0]]
-                    .iter()
-                    .all(|b| matches!(b, b' ' | b'\t'))
-            {
-                continue;
-            }
-            let mut fields = Vec::with_capacity(nend);
-            let mut start = 0;
-            for &end in &self.ends[..nend] {
-                match std::str::from_utf8(&self.out[start..end]) {
-                    Ok(s) => fields.push(s.to_owned()),
-                    Err(_) => return Ok(Some(Item::NotUtf8 { line })),
-                }
-                start = end;
-            }
-            return Ok(Some(Item::Record { line, fields }));
         }
     }
+
+    /// Consumes the line breaks between records (the rest of a CRLF, blank lines), so the
+    /// record's first byte is on the line we name.
+    fn skip_line_breaks(&mut self) -> std::io::Result<()> {
+        loop {
+            self.fill()?;
+            match self.buf[self.pos..self.len].first() {
+                Some(b'\n' | b'\r') => {
+                    self.consumed(self.pos, 1);
+                    self.pos += 1;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Parses one record starting on `line` into `out` and `ends`; past the bounds, the rest of
+    /// it is parsed into the scratch buffers and dropped.
+    fn parse_record(&mut self, line: u64) -> std::io::Result<Parsed> {
+        self.quote = QuoteState::StartOfCell;
+        let (mut nout, mut nend) = (0usize, 0usize);
+        let mut overflow: Option<Item> = None;
+        loop {
+            self.fill()?;
+            let input = &self.buf[self.pos..self.len];
+            let (res, nin, o, e) = if overflow.is_some() {
+                self.core
+                    .read_record(input, &mut self.scratch, &mut self.scratch_ends)
+            } else {
+                self.core
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[nend..])
+            };
+            self.consumed(self.pos, nin);
+            self.pos += nin;
+            if overflow.is_none() {
+                nout += o;
+                nend += e;
+            }
+            match res {
+                ReadRecordResult::InputEmpty => continue,
+                ReadRecordResult::OutputFull => {
+                    overflow.get_or_insert(Item::TooLong {
+                        line,
+                        limit: self.out.len(),
+                    });
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    overflow.get_or_insert(Item::TooManyFields { line });
+                }
+                ReadRecordResult::Record => break,
+                ReadRecordResult::End => return Ok(Parsed::End),
+            }
+        }
+        Ok(overflow.map_or(Parsed::Fields(nend), Parsed::Overflow))
+    }
+
+    /// A blank line parses as one empty field, a line of spaces as one blank field: not records.
+    fn is_blank(&self, nend: usize) -> bool {
+        nend == 1
+            && self.out[..self.ends[0]]
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t'))
+    }
+
+    /// The record just parsed, its `nend` cells as text, or [`Item::NotUtf8`].
+    fn record(&self, line: u64, nend: usize) -> Item {
+        let mut fields = Vec::with_capacity(nend);
+        let mut start = 0;
+        for &end in &self.ends[..nend] {
+            match std::str::from_utf8(&self.out[start..end]) {
+                Ok(s) => fields.push(s.to_owned()),
+                Err(_) => return Item::NotUtf8 { line },
+            }
+            start = end;
+        }
+        Item::Record { line, fields }
+    }
+}
+
+/// How parsing one record ended.
+enum Parsed {
+    /// The record fitted: its number of cells.
+    Fields(usize),
+    /// The record did not fit: why.
+    Overflow(Item),
+    /// The end of the file: no record.
+    End,
 }
 
 #[cfg(test)]

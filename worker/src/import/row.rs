@@ -147,58 +147,8 @@ pub fn validate(
     };
     let mut problems = Vec::new();
     for (col, cell) in template.columns.iter().zip(record) {
-        if cell.chars().count() > MAX_CELL_CHARS {
-            problems.push(format!("a cell is longer than {MAX_CELL_CHARS} characters"));
-            continue;
-        }
-        // Passwords are taken exactly as written; everything else is trimmed.
-        let value = cell.trim();
-        match col {
-            Column::Username | Column::Unknown(_) => {}
-            Column::NewUsername => {
-                if !value.is_empty() && value != row.username {
-                    match valid_username(value) {
-                        Ok(()) => row.new_username = Some(value.to_owned()),
-                        Err(e) => problems.push(format!("New username: {e}")),
-                    }
-                }
-            }
-            Column::Password => {
-                if !cell.is_empty() {
-                    row.password = Some((*cell).to_owned());
-                }
-            }
-            Column::AccountState => match parse_state(value) {
-                Ok(s) => row.state = s,
-                Err(e) => problems.push(e),
-            },
-            Column::Groups => {
-                row.groups = value
-                    .split(options.groups_separator)
-                    .map(str::trim)
-                    .filter(|g| !g.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                let mut seen = std::collections::BTreeSet::new();
-                row.groups.retain(|g| seen.insert(g.to_lowercase()));
-            }
-            Column::Field(key) => {
-                let Some(field) = template.fields.get(key) else {
-                    continue;
-                };
-                if value.is_empty() {
-                    if options.empty_cells == EmptyCells::Clear
-                        && field.mode != crate::platform::model::FieldMode::Mandatory
-                    {
-                        row.profile.push((key.clone(), String::new()));
-                    }
-                    continue;
-                }
-                match checked_value(key, field, value) {
-                    Ok(v) => row.profile.push((key.clone(), v)),
-                    Err(e) => problems.push(e),
-                }
-            }
+        if let Err(problem) = read_cell(&mut row, col, cell, template, options) {
+            problems.push(problem);
         }
     }
     if problems.is_empty() {
@@ -206,6 +156,75 @@ pub fn validate(
     } else {
         Err(fail(problems.join("; ")))
     }
+}
+
+/// Reads one cell into `row`, or says what is wrong with it.
+fn read_cell(
+    row: &mut RowInput,
+    col: &Column,
+    cell: &str,
+    template: &Template,
+    options: &ImportOptions,
+) -> Result<(), String> {
+    if cell.chars().count() > MAX_CELL_CHARS {
+        return Err(format!("a cell is longer than {MAX_CELL_CHARS} characters"));
+    }
+    // Passwords are taken exactly as written; everything else is trimmed.
+    let value = cell.trim();
+    match col {
+        Column::Username | Column::Unknown(_) => {}
+        Column::NewUsername => {
+            if !value.is_empty() && value != row.username {
+                valid_username(value).map_err(|e| format!("New username: {e}"))?;
+                row.new_username = Some(value.to_owned());
+            }
+        }
+        Column::Password => {
+            if !cell.is_empty() {
+                row.password = Some(cell.to_owned());
+            }
+        }
+        Column::AccountState => row.state = parse_state(value)?,
+        Column::Groups => row.groups = groups(value, options.groups_separator),
+        Column::Field(key) => {
+            if let Some(v) = profile_value(key, value, template, options)? {
+                row.profile.push((key.clone(), v));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The groups a cell names, trimmed, without empty names or case-insensitive repeats.
+fn groups(value: &str, separator: char) -> Vec<String> {
+    let mut groups: Vec<String> = value
+        .split(separator)
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    groups.retain(|g| seen.insert(g.to_lowercase()));
+    groups
+}
+
+/// The value to send for a profile field's cell: `None` when the field is unknown or an empty
+/// cell leaves it as it is, `""` when an empty cell clears it.
+fn profile_value(
+    key: &str,
+    value: &str,
+    template: &Template,
+    options: &ImportOptions,
+) -> Result<Option<String>, String> {
+    let Some(field) = template.fields.get(key) else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        let clear = options.empty_cells == EmptyCells::Clear
+            && field.mode != crate::platform::model::FieldMode::Mandatory;
+        return Ok(clear.then(String::new));
+    }
+    checked_value(key, field, value).map(Some)
 }
 
 /// The value to send for a field, or why it is not acceptable.
