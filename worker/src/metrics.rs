@@ -103,81 +103,118 @@ pub struct WorkerMetrics {
 
 impl Default for WorkerMetrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let jobs = Family::<JobLabels, Counter>::default();
-        registry.register(
+        let mut metrics = Self {
+            registry: Registry::default(),
+            jobs: Family::default(),
+            stages: Family::new_with_constructor(stage_histogram),
+            rows: Family::default(),
+            api_requests: Counter::default(),
+            api_retries: Counter::default(),
+            api_rate_limited: Counter::default(),
+            api_server_errors: Counter::default(),
+            api_transport_errors: Counter::default(),
+            lock_contention: Family::default(),
+            publish_failures: Family::default(),
+            reconnects: Counter::default(),
+            ready: Gauge::default(),
+            tenant_last_success: Family::default(),
+        };
+        // Registered in this order, which is the order of the `/metrics` body.
+        metrics.register_job_families();
+        metrics.register_counters();
+        metrics.register_state_families();
+        metrics.create_known_series();
+        metrics
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers the families each job adds to: jobs, stage durations, rows.
+    fn register_job_families(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "worker_jobs",
             "Deliveries handled, by disposition (imported, no-file, already-processed, \
              skipped-busy, retry-scheduled, handed-back, dead-lettered) and reason",
-            jobs.clone(),
+            self.jobs.clone(),
         );
-        let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(stage_histogram);
-        registry.register(
+        r.register(
             "worker_stage_duration_seconds",
             "Time spent in each pipeline stage (fetch, hash, import, report)",
-            stages.clone(),
+            self.stages.clone(),
         );
-        let rows = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        r.register(
             "worker_rows",
             "Rows of imported files, by result",
-            rows.clone(),
+            self.rows.clone(),
         );
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let api_requests = counter(
+    }
+
+    /// Registers the label-less counters: the platform API's and the consumer's reconnects.
+    fn register_counters(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "worker_api_requests",
             "HTTP requests to the platform API, retries included",
+            self.api_requests.clone(),
         );
-        let api_retries = counter(
+        r.register(
             "worker_api_retries",
             "Platform API requests that were retries",
+            self.api_retries.clone(),
         );
-        let api_rate_limited = counter(
+        r.register(
             "worker_api_rate_limited",
             "Platform API answers 429 Too Many Requests",
+            self.api_rate_limited.clone(),
         );
-        let api_server_errors = counter("worker_api_server_errors", "Platform API answers 5xx");
-        let api_transport_errors = counter(
+        r.register(
+            "worker_api_server_errors",
+            "Platform API answers 5xx",
+            self.api_server_errors.clone(),
+        );
+        r.register(
             "worker_api_transport_errors",
             "Platform API requests that timed out or lost their connection",
+            self.api_transport_errors.clone(),
         );
-        let reconnects = counter(
+        r.register(
             "worker_consumer_reconnects",
             "Broker sessions that ended and were reconnected",
+            self.reconnects.clone(),
         );
-        let lock_contention = Family::<ResultLabels, Counter>::default();
-        registry.register(
+    }
+
+    /// Registers the fleet's state: lock contention, failed publishes, readiness, freshness.
+    fn register_state_families(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "worker_lock_contention",
             "Jobs that found their tenant locked: skipped-busy (a fresh job, acked), bounced (a \
              handed-back job waits in the delay queue), gave-up (dead-lettered)",
-            lock_contention.clone(),
+            self.lock_contention.clone(),
         );
-        let publish_failures = Family::<KindLabels, Counter>::default();
-        registry.register(
+        r.register(
             "worker_publish_failures",
             "Retry or dead-letter publishes that failed (the delivery was handed back instead)",
-            publish_failures.clone(),
+            self.publish_failures.clone(),
         );
-        let ready = Gauge::default();
-        registry.register(
+        r.register(
             "worker_ready",
             "1 while the worker is ready (broker and Redis connected, not draining), else 0",
-            ready.clone(),
+            self.ready.clone(),
         );
-        let tenant_last_success = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
+        r.register(
             "worker_tenant_last_success_timestamp_seconds",
             "When this process last finished a job of the tenant without error (Unix time)",
-            tenant_last_success.clone(),
+            self.tenant_last_success.clone(),
         );
-        // The label values known in advance get their series at 0 from the start: a dashboard
-        // shows them before the first event, and `increase()` counts that first event (a series
-        // born at 1 has no earlier sample to increase from).
+    }
+
+    /// Creates the series of the label values known in advance, at 0.
+    fn create_known_series(&self) {
+        // A dashboard shows them before the first event, and `increase()` counts that first
+        // event (a series born at 1 has no earlier sample to increase from).
         for stage in [
             "verify-upload",
             "fetch",
@@ -188,37 +225,19 @@ impl Default for WorkerMetrics {
             "report",
             "archive",
         ] {
-            let _ = stages.get_or_create(&StageLabels { stage });
+            let _ = self.stages.get_or_create(&StageLabels { stage });
         }
         for result in ROW_RESULTS {
-            let _ = rows.get_or_create(&ResultLabels { result });
+            let _ = self.rows.get_or_create(&ResultLabels { result });
         }
         for result in ["skipped-busy", "bounced", "gave-up"] {
-            let _ = lock_contention.get_or_create(&ResultLabels { result });
+            let _ = self.lock_contention.get_or_create(&ResultLabels { result });
         }
         for kind in ["retry", "dead-letter"] {
-            let _ = publish_failures.get_or_create(&KindLabels { kind });
-        }
-        Self {
-            registry,
-            jobs,
-            stages,
-            rows,
-            api_requests,
-            api_retries,
-            api_rate_limited,
-            api_server_errors,
-            api_transport_errors,
-            lock_contention,
-            publish_failures,
-            reconnects,
-            ready,
-            tenant_last_success,
+            let _ = self.publish_failures.get_or_create(&KindLabels { kind });
         }
     }
-}
 
-impl WorkerMetrics {
     /// The `/metrics` body.
     pub fn render(&self) -> String {
         let mut out = String::new();

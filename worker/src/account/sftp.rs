@@ -68,6 +68,24 @@ impl SftpConnector {
         target: SftpTarget<'_>,
         key: &ApiKey,
     ) -> Result<SftpAccount, AccountError> {
+        let mut handle = self.open_ssh(target).await?;
+        self.authenticate(&mut handle, target, key).await?;
+        let io = self.io_timeout;
+        let (sftp, base) = open_sftp(&handle, io).await?;
+        Ok(SftpAccount {
+            handle,
+            sftp,
+            io,
+            base,
+            leftover: None,
+        })
+    }
+
+    /// Opens the SSH connection, accepting only a server that presents a pinned host key.
+    async fn open_ssh(
+        &self,
+        target: SftpTarget<'_>,
+    ) -> Result<client::Handle<PinnedHostKey>, AccountError> {
         let pinned = parse_host_keys(target.host_keys)?;
         let refusal = Arc::new(Mutex::new(None));
         let handler = PinnedHostKey {
@@ -88,16 +106,24 @@ impl SftpConnector {
         )
         .await;
         let refused = || refusal.lock().ok().and_then(|r| r.clone());
-        let mut handle = match connected {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                return Err(match refused() {
-                    Some(why) => AccountError::HostKey(why),
-                    None => AccountError::Transport(format!("ssh: {e}")),
-                });
-            }
-            Err(timeout) => return Err(refused().map(AccountError::HostKey).unwrap_or(timeout)),
-        };
+        match connected {
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(e)) => Err(match refused() {
+                Some(why) => AccountError::HostKey(why),
+                None => AccountError::Transport(format!("ssh: {e}")),
+            }),
+            Err(timeout) => Err(refused().map(AccountError::HostKey).unwrap_or(timeout)),
+        }
+    }
+
+    /// Logs in with the tenant's private key when the secrets folder holds one, else (or when
+    /// it is refused) with the password, the tenant's API key.
+    async fn authenticate(
+        &self,
+        handle: &mut client::Handle<PinnedHostKey>,
+        target: SftpTarget<'_>,
+        key: &ApiKey,
+    ) -> Result<(), AccountError> {
         let io = self.io_timeout;
         let mut authenticated = false;
         if let Some(private) = self.private_key(target.user)? {
@@ -121,33 +147,7 @@ impl SftpConnector {
         if !authenticated {
             return Err(AccountError::Credentials);
         }
-        let channel = bounded(io, handle.channel_open_session())
-            .await?
-            .map_err(ssh_error)?;
-        bounded(io, channel.request_subsystem(true, "sftp"))
-            .await?
-            .map_err(ssh_error)?;
-        let config = russh_sftp::client::Config {
-            request_timeout_secs: io.as_secs().max(1),
-            ..russh_sftp::client::Config::default()
-        };
-        let sftp = bounded(
-            io,
-            SftpSession::new_with_config(channel.into_stream(), config),
-        )
-        .await?
-        .map_err(|e| AccountError::Transport(format!("sftp: {e}")))?;
-        let base = bounded(io, sftp.canonicalize("."))
-            .await?
-            .map_err(|e| AccountError::Transport(format!("sftp: {e}")))?;
-        let base = base.trim_end_matches('/').to_owned();
-        Ok(SftpAccount {
-            handle,
-            sftp,
-            io,
-            base,
-            leftover: None,
-        })
+        Ok(())
     }
 
     /// The tenant's private key from the secrets folder, when there is one.
@@ -165,6 +165,35 @@ impl SftpConnector {
             .map(Some)
             .map_err(|e| AccountError::Credentials.with_log(&path, &e.to_string()))
     }
+}
+
+/// Opens the `sftp` subsystem on a logged-in connection; also answers the login folder (without
+/// its trailing `/`), the account's root.
+async fn open_sftp(
+    handle: &client::Handle<PinnedHostKey>,
+    io: Duration,
+) -> Result<(SftpSession, String), AccountError> {
+    let channel = bounded(io, handle.channel_open_session())
+        .await?
+        .map_err(ssh_error)?;
+    bounded(io, channel.request_subsystem(true, "sftp"))
+        .await?
+        .map_err(ssh_error)?;
+    let config = russh_sftp::client::Config {
+        request_timeout_secs: io.as_secs().max(1),
+        ..russh_sftp::client::Config::default()
+    };
+    let sftp = bounded(
+        io,
+        SftpSession::new_with_config(channel.into_stream(), config),
+    )
+    .await?
+    .map_err(|e| AccountError::Transport(format!("sftp: {e}")))?;
+    let base = bounded(io, sftp.canonicalize("."))
+        .await?
+        .map_err(|e| AccountError::Transport(format!("sftp: {e}")))?;
+    let base = base.trim_end_matches('/').to_owned();
+    Ok((sftp, base))
 }
 
 impl AccountError {

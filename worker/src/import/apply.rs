@@ -241,6 +241,7 @@ fn may_create_first(ctx: &ApplyContext<'_>, row: &RowInput, known_new: bool) -> 
             .all(|(key, _)| row.profile.iter().any(|(k, v)| k == key && !v.is_empty()))
 }
 
+/// The row's calls in order: a guessed create, else read, create or update, then the state.
 async fn run(
     ctx: &ApplyContext<'_>,
     row: &RowInput,
@@ -249,41 +250,12 @@ async fn run(
     read: &mut Option<PreRead>,
     steps: &mut Vec<&'static str>,
 ) -> Result<(RowStatus, String), Failure> {
-    let c = ctx.client;
     if pre.is_none()
-        && may_create_first(ctx, row, known_new)
-        && let Some(guesses) = ctx.create_first
-        && guesses.try_start()
+        && let Some(done) = create_unread(ctx, row, known_new, steps).await?
     {
-        let created = create(ctx, row, steps).await;
-        guesses.done(match &created {
-            Ok(Created::Yes) => Guess::Right,
-            Ok(Created::Exists) => Guess::Wrong,
-            Err(_) => Guess::Unknown,
-        });
-        match created? {
-            Created::Yes => {
-                let status =
-                    state_change(ctx, row, None, &row.username, RowStatus::Created, steps).await?;
-                return Ok((status, String::new()));
-            }
-            // Exists after all: the usual path below, from the read.
-            Created::Exists => {
-                steps.pop();
-            }
-        }
+        return Ok(done);
     }
-    let (mut current, renamed) = match pre {
-        Some(p) => (p.current, p.renamed),
-        None => {
-            let current = c.get_user(&row.username).await?;
-            let renamed = match (&current, &row.new_username) {
-                (None, Some(new)) => c.get_user(new).await?,
-                _ => None,
-            };
-            (current, renamed)
-        }
-    };
+    let (current, renamed) = read_user(ctx, row, pre).await?;
     if ctx.dry_run {
         *read = Some(PreRead {
             line: row.line,
@@ -291,54 +263,165 @@ async fn run(
             renamed: renamed.clone(),
         });
     }
-    let mut uid = row.username.clone();
-    let mut rename = row.new_username.clone();
-    if current.is_none()
-        && let Some(new) = &row.new_username
-        && let Some(renamed) = renamed
-    {
-        // Renamed by an earlier run: carry on with the new name.
-        current = Some(renamed);
-        uid = new.clone();
-        rename = None;
-    }
+    let mut target = Target::from_read(row, current, renamed);
     let mut notes: Vec<String> = Vec::new();
-    let status = match current {
-        None => match create(ctx, row, steps).await? {
-            Created::Yes => RowStatus::Created,
-            Created::Exists => {
-                // Created meanwhile (or our own earlier attempt got through): update instead.
-                steps.pop();
-                uid = row
-                    .new_username
-                    .clone()
-                    .unwrap_or_else(|| row.username.clone());
-                rename = None;
-                let now = c.get_user(&uid).await?.ok_or_else(|| {
-                    Failure::Failed("create answered 409 but the user is not there".into())
-                })?;
-                update(ctx, row, &uid, None, &now, steps).await?
-            }
-        },
-        Some(ref user) => {
-            if row.password.is_some() {
-                notes.push("password ignored for an existing user".into());
-            }
-            update(ctx, row, &uid, rename.as_deref(), user, steps).await?
-        }
-    };
-    if let Some(new) = rename.filter(|_| steps.contains(&"update")) {
-        notes.push(format!("renamed to {new:?}"));
-        uid = new;
-    } else if status == RowStatus::Created
-        && let Some(new) = &row.new_username
-    {
-        notes.push(format!("created as {new:?}"));
-    } else if uid != row.username {
-        notes.push(format!("already renamed to {uid:?}"));
-    }
-    let status = state_change(ctx, row, current.as_ref(), &uid, status, steps).await?;
+    let status = write_user(ctx, row, &mut target, &mut notes, steps).await?;
+    notes.extend(target.name_note(row, status, steps));
+    let status = state_change(
+        ctx,
+        row,
+        target.current.as_ref(),
+        &target.uid,
+        status,
+        steps,
+    )
+    .await?;
     Ok((status, notes.join("; ")))
+}
+
+/// Creates the user without reading it first when the row and the run's guesses allow it (see
+/// [`CreateFirst`]): the row's result when it was new, `None` when the row goes the usual path.
+async fn create_unread(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    known_new: bool,
+    steps: &mut Vec<&'static str>,
+) -> Result<Option<(RowStatus, String)>, Failure> {
+    if !may_create_first(ctx, row, known_new) {
+        return Ok(None);
+    }
+    let Some(guesses) = ctx.create_first.filter(|g| g.try_start()) else {
+        return Ok(None);
+    };
+    let created = create(ctx, row, steps).await;
+    guesses.done(match &created {
+        Ok(Created::Yes) => Guess::Right,
+        Ok(Created::Exists) => Guess::Wrong,
+        Err(_) => Guess::Unknown,
+    });
+    match created? {
+        Created::Yes => {
+            let status =
+                state_change(ctx, row, None, &row.username, RowStatus::Created, steps).await?;
+            Ok(Some((status, String::new())))
+        }
+        // Exists after all: the usual path, from the read.
+        Created::Exists => {
+            steps.pop();
+            Ok(None)
+        }
+    }
+}
+
+/// The user as it is (and, for a rename whose old name is gone, the new name's): from the
+/// plan's read when there is one, else read now.
+async fn read_user(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    pre: Option<PreRead>,
+) -> Result<(Option<UserRecord>, Option<UserRecord>), Failure> {
+    if let Some(p) = pre {
+        return Ok((p.current, p.renamed));
+    }
+    let c = ctx.client;
+    let current = c.get_user(&row.username).await?;
+    let renamed = match (&current, &row.new_username) {
+        (None, Some(new)) => c.get_user(new).await?,
+        _ => None,
+    };
+    Ok((current, renamed))
+}
+
+/// Whom a row's writes go to.
+struct Target {
+    /// The user as read (`None`: not there, to be created).
+    current: Option<UserRecord>,
+    /// The username the writes name.
+    uid: String,
+    /// The new username still to be sent with the update.
+    rename: Option<String>,
+}
+
+impl Target {
+    /// The row's user, or the new name's when an earlier run already renamed it.
+    fn from_read(row: &RowInput, current: Option<UserRecord>, renamed: Option<UserRecord>) -> Self {
+        if current.is_none()
+            && let Some(new) = &row.new_username
+            && let Some(renamed) = renamed
+        {
+            // Renamed by an earlier run: carry on with the new name.
+            return Self {
+                current: Some(renamed),
+                uid: new.clone(),
+                rename: None,
+            };
+        }
+        Self {
+            current,
+            uid: row.username.clone(),
+            rename: row.new_username.clone(),
+        }
+    }
+
+    /// The note on the row's name (renamed now, created under the new name, renamed before);
+    /// after a rename the state change names the new username.
+    fn name_note(&mut self, row: &RowInput, status: RowStatus, steps: &[&str]) -> Option<String> {
+        if let Some(new) = self.rename.take().filter(|_| steps.contains(&"update")) {
+            let note = format!("renamed to {new:?}");
+            self.uid = new;
+            Some(note)
+        } else if status == RowStatus::Created
+            && let Some(new) = &row.new_username
+        {
+            Some(format!("created as {new:?}"))
+        } else if self.uid != row.username {
+            Some(format!("already renamed to {:?}", self.uid))
+        } else {
+            None
+        }
+    }
+}
+
+/// Creates the user when it is not there (updating it instead when the create meets it), else
+/// updates what differs.
+async fn write_user(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    target: &mut Target,
+    notes: &mut Vec<String>,
+    steps: &mut Vec<&'static str>,
+) -> Result<RowStatus, Failure> {
+    let Some(user) = &target.current else {
+        return match create(ctx, row, steps).await? {
+            Created::Yes => Ok(RowStatus::Created),
+            Created::Exists => update_after_conflict(ctx, row, target, steps).await,
+        };
+    };
+    if row.password.is_some() {
+        notes.push("password ignored for an existing user".into());
+    }
+    update(ctx, row, &target.uid, target.rename.as_deref(), user, steps).await
+}
+
+/// A create answered 409: the user was created meanwhile (or our own earlier attempt got
+/// through), so it is read under the name the row creates and updated instead.
+async fn update_after_conflict(
+    ctx: &ApplyContext<'_>,
+    row: &RowInput,
+    target: &mut Target,
+    steps: &mut Vec<&'static str>,
+) -> Result<RowStatus, Failure> {
+    steps.pop();
+    target.uid = row
+        .new_username
+        .clone()
+        .unwrap_or_else(|| row.username.clone());
+    target.rename = None;
+    let now =
+        ctx.client.get_user(&target.uid).await?.ok_or_else(|| {
+            Failure::Failed("create answered 409 but the user is not there".into())
+        })?;
+    update(ctx, row, &target.uid, None, &now, steps).await
 }
 
 /// Activates or deactivates the user when the row asks for a state it does not have.

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 use super::apply::{RowResult, RowStatus};
 use super::names::{NameSpill, key_hash};
 use super::{FirstPass, ImportError, ImportParams};
-use crate::platform::{ApiError, PlatformClient};
+use crate::platform::model::StatusReport;
+use crate::platform::{Accepted, ApiError, PlatformClient};
 
 /// The platform's limit of uids per `SetUsers` call.
 pub const CHUNK: usize = 500;
@@ -65,83 +66,108 @@ pub(super) async fn deactivate(
     cancel: &dyn super::StopCheck,
     sink: &mut impl FnMut(RowResult) -> Result<(), ImportError>,
 ) -> Result<(), ImportError> {
-    let result = |uid: &str, status, message: String| RowResult {
-        line: 0,
-        username: uid.to_owned(),
-        action: "deactivate".into(),
-        status,
-        message,
-    };
     for chunk in absent.chunks(CHUNK) {
         if params.verify {
             for uid in chunk {
-                sink(result(
-                    uid,
-                    RowStatus::Deactivated,
-                    "absent from the file (full sync)".into(),
-                ))?;
+                sink(absent_line(uid))?;
             }
             continue;
         }
         if cancel.should_stop() {
             return Err(ImportError::Cancelled);
         }
-        let tid = match client.set_users("deactivate", chunk).await {
-            Ok(tid) => tid,
-            Err(ApiError::Credentials(code)) => return Err(ImportError::Credentials(code)),
-            Err(e) => {
-                for uid in chunk {
-                    sink(result(uid, RowStatus::Failed, e.to_string()))?;
-                }
-                continue;
-            }
-        };
-        let report = match client.wait_final(&tid).await {
-            Ok(r) => r,
-            Err(ApiError::Credentials(code)) => return Err(ImportError::Credentials(code)),
-            Err(e) => {
-                for uid in chunk {
-                    sink(result(uid, RowStatus::Unconfirmed, e.to_string()))?;
-                }
-                continue;
-            }
-        };
-        let mut done = Vec::new();
-        for uid in chunk {
-            let r = match &report {
-                None => result(
-                    uid,
-                    RowStatus::Unconfirmed,
-                    format!(
-                        "accepted (tid {}) but not confirmed before the status timeout",
-                        tid.tid.0
-                    ),
-                ),
-                Some(rep) => match rep.errors.get(uid) {
-                    Some(why) => result(
-                        uid,
-                        RowStatus::Failed,
-                        format!("the platform refused it: {why}"),
-                    ),
-                    None if rep.status == 2 || (rep.status == 3 && !rep.errors.is_empty()) => {
-                        done.push(uid.clone());
-                        result(
-                            uid,
-                            RowStatus::Deactivated,
-                            "absent from the file (full sync)".into(),
-                        )
-                    }
-                    None => result(
-                        uid,
-                        RowStatus::Failed,
-                        format!("the platform refused it: {}", rep.message),
-                    ),
-                },
-            };
-            sink(r)?;
-        }
-        // Deactivated users are no longer managed: a later file naming them manages them again.
-        params.store.unmanage(&params.tenant, &done).await?;
+        deactivate_chunk(client, params, chunk, sink).await?;
     }
     Ok(())
+}
+
+/// Deactivates one chunk with one `SetUsers` call, follows it to its final status, reports each
+/// user and stops managing the ones deactivated.
+async fn deactivate_chunk(
+    client: &PlatformClient,
+    params: &ImportParams,
+    chunk: &[String],
+    sink: &mut impl FnMut(RowResult) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    let accepted = match client.set_users("deactivate", chunk).await {
+        Ok(accepted) => accepted,
+        Err(ApiError::Credentials(code)) => return Err(ImportError::Credentials(code)),
+        Err(e) => return report_all(chunk, RowStatus::Failed, &e, sink),
+    };
+    let report = match client.wait_final(&accepted).await {
+        Ok(r) => r,
+        Err(ApiError::Credentials(code)) => return Err(ImportError::Credentials(code)),
+        Err(e) => return report_all(chunk, RowStatus::Unconfirmed, &e, sink),
+    };
+    let mut done = Vec::new();
+    for uid in chunk {
+        let r = chunk_line(uid, &accepted, report.as_ref());
+        if r.status == RowStatus::Deactivated {
+            done.push(uid.clone());
+        }
+        sink(r)?;
+    }
+    // Deactivated users are no longer managed: a later file naming them manages them again.
+    params.store.unmanage(&params.tenant, &done).await?;
+    Ok(())
+}
+
+/// Reports every user of a chunk with the same status and the call's error.
+fn report_all(
+    chunk: &[String],
+    status: RowStatus,
+    error: &ApiError,
+    sink: &mut impl FnMut(RowResult) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    for uid in chunk {
+        sink(deactivation(uid, status, error.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A user's line once the chunk's `SetUsers` was accepted: `report` is its final status, if any.
+fn chunk_line(uid: &str, accepted: &Accepted, report: Option<&StatusReport>) -> RowResult {
+    let Some(rep) = report else {
+        return deactivation(
+            uid,
+            RowStatus::Unconfirmed,
+            format!(
+                "accepted (tid {}) but not confirmed before the status timeout",
+                accepted.tid.0
+            ),
+        );
+    };
+    match rep.errors.get(uid) {
+        Some(why) => deactivation(
+            uid,
+            RowStatus::Failed,
+            format!("the platform refused it: {why}"),
+        ),
+        None if rep.status == 2 || (rep.status == 3 && !rep.errors.is_empty()) => absent_line(uid),
+        None => deactivation(
+            uid,
+            RowStatus::Failed,
+            format!("the platform refused it: {}", rep.message),
+        ),
+    }
+}
+
+/// The line of a user deactivated (or, for verify-only, to be) as absent from the file.
+fn absent_line(uid: &str) -> RowResult {
+    deactivation(
+        uid,
+        RowStatus::Deactivated,
+        "absent from the file (full sync)".into(),
+    )
+}
+
+/// A line of the per-record report for a full-sync deactivation (no line of the file).
+fn deactivation(uid: &str, status: RowStatus, message: String) -> RowResult {
+    RowResult {
+        line: 0,
+        username: uid.to_owned(),
+        action: "deactivate".into(),
+        status,
+        message,
+    }
 }

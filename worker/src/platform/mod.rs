@@ -355,84 +355,13 @@ impl PlatformClient {
             if attempt > 1 {
                 ApiStats::bump(&self.stats.retries);
             }
-            let outcome = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|_| ApiError::Protocol("request limiter closed".into()))?;
-                // The host's worker-wide slot and rate, after the job's own slot.
-                let _host = match &self.host {
-                    Some(h) => Some(h.acquire().await),
-                    None => None,
-                };
-                if self.stop.as_ref().is_some_and(|s| s.should_stop()) {
-                    return Err(ApiError::Stopped);
-                }
-                ApiStats::bump(&self.stats.requests);
-                let mut req = self
-                    .http
-                    .request(method.clone(), url.clone())
-                    .basic_auth(&self.domain, Some(self.key.expose()));
-                if let Some(b) = body {
-                    req = req.json(b);
-                }
-                match req.send().await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let location = resp
-                            .headers()
-                            .get(reqwest::header::LOCATION)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let retry_after = resp
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        match resp.bytes().await {
-                            Ok(b) => Ok((status, location, retry_after, b.to_vec())),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            // One event per attempt (a span event of `import` when traced at this level): the call,
-            // the status and the attempt; never the URL's ids, a body or a header.
-            match &outcome {
-                Ok((status, ..)) => {
-                    tracing::trace!(call, status = status.as_u16(), attempt, "api call")
-                }
-                Err(e) => tracing::trace!(call, error = transport_kind(e), attempt, "api call"),
-            }
-            let wait = match outcome {
-                Ok((status, location, retry_after, body)) => {
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        ApiStats::bump(&self.stats.rate_limited);
-                        last = format!("{call}: HTTP 429");
-                        self.policy.after_429(retry_after.as_deref(), attempt)
-                    } else if status.is_server_error() {
-                        ApiStats::bump(&self.stats.server_errors);
-                        last = format!("{call}: HTTP {}", status.as_u16());
-                        self.policy.backoff(attempt)
-                    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
-                    {
-                        return Err(ApiError::Credentials(status.as_u16()));
-                    } else {
-                        return Ok(Answer {
-                            status,
-                            location,
-                            body,
-                        });
-                    }
-                }
-                Err(e) => {
-                    ApiStats::bump(&self.stats.transport_errors);
-                    // reqwest's message names the URL (never the credentials, which are in a
-                    // header); keep the kind and drop the chain of sources.
-                    last = format!("{call}: {}", transport_kind(&e));
-                    self.policy.backoff(attempt)
+            let outcome = self.attempt(&method, &url, body).await?;
+            trace_attempt(call, attempt, &outcome);
+            let wait = match self.judge(call, attempt, outcome) {
+                Judged::Done(answer) => return answer,
+                Judged::Retry { wait, why } => {
+                    last = why;
+                    wait
                 }
             };
             if attempt < self.policy.max_attempts {
@@ -450,6 +379,130 @@ impl PlatformClient {
             attempts: self.policy.max_attempts,
             last,
         })
+    }
+
+    /// Sends one attempt once the job's slot and the host's are held and the stop check allows
+    /// it; the inner error is the transport's (no answer), the outer one ends the call.
+    async fn attempt(
+        &self,
+        method: &reqwest::Method,
+        url: &Url,
+        body: Option<&Value>,
+    ) -> Result<Result<Reply, reqwest::Error>, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Protocol("request limiter closed".into()))?;
+        // The host's worker-wide slot and rate, after the job's own slot.
+        let _host = match &self.host {
+            Some(h) => Some(h.acquire().await),
+            None => None,
+        };
+        if self.stop.as_ref().is_some_and(|s| s.should_stop()) {
+            return Err(ApiError::Stopped);
+        }
+        ApiStats::bump(&self.stats.requests);
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .basic_auth(&self.domain, Some(self.key.expose()));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        // The body is read while the slots are still held.
+        Ok(match req.send().await {
+            Ok(resp) => Reply::read(resp).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Decides what an attempt's outcome means: the call's answer or error, or a retry after a
+    /// wait (counted in the stats).
+    fn judge(&self, call: &str, attempt: u32, outcome: Result<Reply, reqwest::Error>) -> Judged {
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(e) => {
+                ApiStats::bump(&self.stats.transport_errors);
+                // reqwest's message names the URL (never the credentials, which are in a
+                // header); keep the kind and drop the chain of sources.
+                return Judged::Retry {
+                    why: format!("{call}: {}", transport_kind(&e)),
+                    wait: self.policy.backoff(attempt),
+                };
+            }
+        };
+        let status = reply.status;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            ApiStats::bump(&self.stats.rate_limited);
+            Judged::Retry {
+                why: format!("{call}: HTTP 429"),
+                wait: self.policy.after_429(reply.retry_after.as_deref(), attempt),
+            }
+        } else if status.is_server_error() {
+            ApiStats::bump(&self.stats.server_errors);
+            Judged::Retry {
+                why: format!("{call}: HTTP {}", status.as_u16()),
+                wait: self.policy.backoff(attempt),
+            }
+        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            Judged::Done(Err(ApiError::Credentials(status.as_u16())))
+        } else {
+            Judged::Done(Ok(Answer {
+                status,
+                location: reply.location,
+                body: reply.body,
+            }))
+        }
+    }
+}
+
+/// An HTTP answer as read by one attempt, before the retry rules judge it.
+struct Reply {
+    status: StatusCode,
+    location: Option<String>,
+    retry_after: Option<String>,
+    body: bytes_like::Body,
+}
+
+impl Reply {
+    /// Reads the status, the two headers the client uses and the whole body.
+    async fn read(resp: reqwest::Response) -> Result<Self, reqwest::Error> {
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let status = resp.status();
+        let location = header(reqwest::header::LOCATION);
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let body = resp.bytes().await?.to_vec();
+        Ok(Self {
+            status,
+            location,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// What an attempt leads to.
+enum Judged {
+    /// The call is over: its answer, or an error no retry can mend.
+    Done(Result<Answer, ApiError>),
+    /// Worth another attempt after `wait`; `why` is the last failure, kept for the final error.
+    Retry { wait: Duration, why: String },
+}
+
+/// One event per attempt (a span event of `import` when traced at this level): the call, the
+/// status and the attempt; never the URL's ids, a body or a header.
+fn trace_attempt(call: &str, attempt: u32, outcome: &Result<Reply, reqwest::Error>) {
+    match outcome {
+        Ok(reply) => {
+            tracing::trace!(call, status = reply.status.as_u16(), attempt, "api call")
+        }
+        Err(e) => tracing::trace!(call, error = transport_kind(e), attempt, "api call"),
     }
 }
 
