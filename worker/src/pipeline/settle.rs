@@ -20,8 +20,13 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         return Err(Retryable::WorkerFault("settle before fetch".into()).into());
     };
     let (downloaded, sha1) = (file.size, file.sha1.to_string());
-    wait(at, job.tenant().files.settle, job.gate().cancelled()).await;
-    job.check()?;
+    let settle = job.tenant().files.settle;
+    if must_wait(&first, Utc::now().naive_utc(), settle) {
+        wait(at, settle, job.gate().cancelled()).await;
+        job.check()?;
+    } else {
+        tracing::debug!("the file had not changed for longer than the settle interval: no wait");
+    }
     let second = job.stat(UPLOAD_PATH).await?;
     if !settled(&first, second.as_ref(), downloaded) {
         return Ok(Step::Finish(Outcome::UploadIncomplete {
@@ -39,6 +44,20 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         tracing::warn!(error = %e, "the arrival of a new file could not be recorded for alerts");
     }
     Ok(Step::Next)
+}
+
+/// Whether the run must wait the settle interval: not when the file's modification time (MDTM, to
+/// the second, UTC) already lies further back than the interval (plus a second for MDTM's
+/// rounding), since a file being written has a recent time. The second look after the download
+/// is taken either way, so a change during the download is still seen.
+pub fn must_wait(first: &Stat, now: chrono::NaiveDateTime, settle: Duration) -> bool {
+    let Some(modified) = first.modified else {
+        return true;
+    };
+    let quiet = now.signed_duration_since(modified);
+    let needed = chrono::TimeDelta::from_std(settle).unwrap_or(chrono::TimeDelta::MAX)
+        + chrono::TimeDelta::seconds(1);
+    quiet < needed
 }
 
 /// Sleeps until `settle` has passed since `first`, or until `cancel` fires.
@@ -71,6 +90,29 @@ mod tests {
             modified: chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
                 .and_then(|d| d.and_hms_opt(0, 0, secs)),
         }
+    }
+
+    #[test]
+    fn an_old_file_needs_no_wait_and_a_recent_or_timeless_one_does() {
+        let first = at(10, 0);
+        let modified = first.modified.unwrap_or_default();
+        let settle = Duration::from_secs(5);
+        let later = |s: i64| modified + chrono::TimeDelta::seconds(s);
+        assert!(!must_wait(&first, later(3600), settle), "an hour old");
+        assert!(!must_wait(&first, later(7), settle), "7 s old, 5 s settle");
+        assert!(
+            must_wait(&first, later(5), settle),
+            "within the interval and MDTM's second"
+        );
+        assert!(
+            must_wait(&first, later(-30), settle),
+            "a server clock ahead of ours"
+        );
+        let timeless = Stat {
+            size: 10,
+            modified: None,
+        };
+        assert!(must_wait(&timeless, later(3600), settle), "no MDTM");
     }
 
     #[test]
