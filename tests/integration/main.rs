@@ -9,6 +9,7 @@
 //!   verified certificates, SMTP delivery read back).
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
+//! - `refusal`: a refused write or file is told to the admin once and not run again.
 //! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
@@ -44,6 +45,7 @@ mod otlp_http;
 mod pipeline;
 mod rate_limit;
 mod redis_loss;
+mod refusal;
 mod scheduler;
 mod security;
 mod services;

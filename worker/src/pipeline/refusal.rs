@@ -87,6 +87,13 @@ pub async fn tell(job: &JobRun<'_>, why: &Permanent) {
 }
 
 fn body(job: &JobRun<'_>, why: &Permanent, size: u64, sha1: &str) -> String {
+    let headline = match why {
+        Permanent::AccountRefused(_) => {
+            "could not finish: your FTP account refused a write. What the log and the report say \
+             was done is done; the rest was not"
+        }
+        _ => "REFUSED the file: nothing was changed",
+    };
     let what_to_do = match why {
         Permanent::AccountRefused(_) => format!(
             "Your FTP account refused a write the import needs (its folders /tmp, /log and\n\
@@ -101,7 +108,7 @@ fn body(job: &JobRun<'_>, why: &Permanent, size: u64, sha1: &str) -> String {
         ),
     };
     format!(
-        "The user import for {domain} REFUSED the file: nothing was changed.\n\n\
+        "The user import for {domain} {headline}.\n\n\
          File:   {source} ({size} bytes, SHA1 {sha1})\n\
          Reason: {why}\n\
          Job:    {job_id}\n\n\
