@@ -6,11 +6,11 @@
 //! as 127.0.0.1. Accounts carry the creating test process's pid in their comment field so a
 //! later test process can delete the accounts of one that was killed before its `Drop`s ran.
 
+use super::files::AccountFiles;
 use std::fmt;
 use std::fs;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -239,18 +239,12 @@ impl FtpsServer {
                 out.stderr
             );
             let (uid, gid) = passwd_ids(&user);
-            let account = FtpAccount {
+            return FtpAccount {
                 user,
                 password,
-                home,
-                uid,
-                gid,
+                files: AccountFiles::new(home, uid, gid)
+                    .with_folders(&["uploads", "tmp", "log", "reports"]),
             };
-            account.make_dir(&account.home);
-            for sub in ["uploads", "tmp", "log", "reports"] {
-                account.make_dir(&account.home.join(sub));
-            }
-            return account;
         }
         panic!("harness: could not find a free user name after 5 tries");
     }
@@ -291,9 +285,14 @@ pub(super) fn remove_stale_accounts() {
 pub struct FtpAccount {
     pub user: String,
     pub password: String,
-    pub home: PathBuf,
-    uid: u32,
-    gid: u32,
+    files: AccountFiles,
+}
+
+impl std::ops::Deref for FtpAccount {
+    type Target = AccountFiles;
+    fn deref(&self) -> &AccountFiles {
+        &self.files
+    }
 }
 
 impl fmt::Debug for FtpAccount {
@@ -301,100 +300,8 @@ impl fmt::Debug for FtpAccount {
         f.debug_struct("FtpAccount")
             .field("user", &self.user)
             .field("password", &"<redacted>")
-            .field("home", &self.home)
+            .field("home", &self.files.root)
             .finish()
-    }
-}
-
-impl FtpAccount {
-    /// The path of `rel` (as seen over FTP, e.g. "/uploads/user-import.csv") in the home.
-    pub fn path(&self, rel: &str) -> PathBuf {
-        let rel = Path::new(rel.trim_start_matches('/'));
-        assert!(
-            rel.components().all(|c| matches!(c, Component::Normal(_))),
-            "harness: {rel:?} must be a plain relative path inside the home"
-        );
-        self.home.join(rel)
-    }
-
-    /// Writes a file (creating its directories), owned by the user.
-    pub fn put(&self, rel: &str, bytes: &[u8]) {
-        let path = self.path(rel);
-        if let Some(parent) = path.parent() {
-            self.make_dir(parent);
-        }
-        fs::write(&path, bytes)
-            .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
-        self.chown(&path);
-    }
-
-    /// A file's bytes, or `None` if it does not exist.
-    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        let path = self.path(rel);
-        match fs::read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => panic!("harness: cannot read {}: {e}", path.display()),
-        }
-    }
-
-    /// The names in a directory, sorted; empty if it does not exist.
-    pub fn list(&self, rel_dir: &str) -> Vec<String> {
-        let path = if rel_dir.trim_matches('/').is_empty() {
-            self.home.clone()
-        } else {
-            self.path(rel_dir)
-        };
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
-            Err(e) => panic!("harness: cannot list {}: {e}", path.display()),
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Removes a file or a directory tree; nothing if it does not exist.
-    pub fn remove(&self, rel: &str) {
-        let path = self.path(rel);
-        let result = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match result {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => panic!("harness: cannot remove {}: {e}", path.display()),
-        }
-    }
-
-    /// Creates `dir` and its missing parents below the home, each owned by the user.
-    fn make_dir(&self, dir: &Path) {
-        use std::os::unix::fs::PermissionsExt;
-        if dir.is_dir() {
-            return;
-        }
-        if dir != self.home
-            && let Some(parent) = dir.parent()
-        {
-            self.make_dir(parent);
-        }
-        fs::create_dir(dir)
-            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
-            .unwrap_or_else(|e| panic!("harness: cannot create {}: {e}", dir.display()));
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("harness: cannot chmod {}: {e}", dir.display()));
-        self.chown(dir);
-    }
-
-    fn chown(&self, path: &Path) {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-            .unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
     }
 }
 
@@ -411,6 +318,6 @@ impl Drop for FtpAccount {
                 out.stderr.trim()
             );
         }
-        let _ = fs::remove_dir_all(&self.home);
+        let _ = fs::remove_dir_all(&self.files.root);
     }
 }

@@ -18,6 +18,7 @@
 //! public items re-exported from the crate root.
 
 pub mod certs;
+pub mod files;
 pub mod ftps;
 pub mod process;
 pub mod proftpd;

@@ -9,12 +9,12 @@
 //! home, all mapped to one uid that exists nowhere else; a `NLST` of a missing folder answers
 //! `450`, where vsftpd answers an empty `226`.
 
+use super::files::AccountFiles;
 use std::fmt;
 use std::fs;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use super::certs;
@@ -229,16 +229,11 @@ impl ProftpdServer {
         fs::set_permissions(&passwd, fs::Permissions::from_mode(0o640))
             .unwrap_or_else(|e| panic!("harness: cannot chmod {}: {e}", passwd.display()));
         write_private(&passwd, &text);
-        let account = ProftpdAccount {
+        ProftpdAccount {
             user,
             password,
-            home,
-        };
-        account.make_dir(&account.home);
-        for sub in folders {
-            account.make_dir(&account.home.join(sub));
+            files: AccountFiles::new(home, VIRTUAL_ID, VIRTUAL_ID).with_folders(folders),
         }
-        account
     }
 }
 
@@ -247,7 +242,14 @@ impl ProftpdServer {
 pub struct ProftpdAccount {
     pub user: String,
     pub password: String,
-    pub home: PathBuf,
+    files: AccountFiles,
+}
+
+impl std::ops::Deref for ProftpdAccount {
+    type Target = AccountFiles;
+    fn deref(&self) -> &AccountFiles {
+        &self.files
+    }
 }
 
 impl fmt::Debug for ProftpdAccount {
@@ -255,87 +257,13 @@ impl fmt::Debug for ProftpdAccount {
         f.debug_struct("ProftpdAccount")
             .field("user", &self.user)
             .field("password", &"<redacted>")
-            .field("home", &self.home)
+            .field("home", &self.files.root)
             .finish()
     }
 }
 
-impl ProftpdAccount {
-    /// The path of `rel` (as seen over FTP) in the home.
-    pub fn path(&self, rel: &str) -> PathBuf {
-        let rel = Path::new(rel.trim_start_matches('/'));
-        assert!(
-            rel.components().all(|c| matches!(c, Component::Normal(_))),
-            "harness: {rel:?} must be a plain relative path inside the home"
-        );
-        self.home.join(rel)
-    }
-
-    /// Writes a file (creating its folders), owned by the virtual user.
-    pub fn put(&self, rel: &str, bytes: &[u8]) {
-        let path = self.path(rel);
-        if let Some(parent) = path.parent() {
-            self.make_dir(parent);
-        }
-        fs::write(&path, bytes)
-            .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
-        chown(&path);
-    }
-
-    /// A file's bytes, or `None` if it does not exist.
-    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        let path = self.path(rel);
-        match fs::read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => panic!("harness: cannot read {}: {e}", path.display()),
-        }
-    }
-
-    /// The names in a folder (`""` or `"/"`: the home), sorted; empty if it does not exist.
-    pub fn list(&self, rel_dir: &str) -> Vec<String> {
-        let path = if rel_dir.trim_matches('/').is_empty() {
-            self.home.clone()
-        } else {
-            self.path(rel_dir)
-        };
-        let mut names: Vec<String> = match fs::read_dir(&path) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
-            Err(e) => panic!("harness: cannot list {}: {e}", path.display()),
-        };
-        names.sort();
-        names
-    }
-
-    fn make_dir(&self, dir: &Path) {
-        if dir.is_dir() {
-            return;
-        }
-        if dir != self.home
-            && let Some(parent) = dir.parent()
-        {
-            self.make_dir(parent);
-        }
-        fs::create_dir(dir)
-            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
-            .unwrap_or_else(|e| panic!("harness: cannot create {}: {e}", dir.display()));
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("harness: cannot chmod {}: {e}", dir.display()));
-        chown(dir);
-    }
-}
-
-fn chown(path: &Path) {
-    std::os::unix::fs::chown(path, Some(VIRTUAL_ID), Some(VIRTUAL_ID))
-        .unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
-}
-
 impl Drop for ProftpdAccount {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.home);
+        let _ = fs::remove_dir_all(&self.files.root);
     }
 }

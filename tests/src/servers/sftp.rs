@@ -10,12 +10,12 @@
 //! Users carry the same comment tag as the vsftpd harness's, so a later test process removes the
 //! users of one that was killed.
 
+use super::files::AccountFiles;
 use std::fmt;
 use std::fs;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -272,20 +272,13 @@ impl SftpServer {
                 .parse()
                 .unwrap_or_else(|_| panic!("harness: id -g {user}"));
             root_dir(&chroot, 0o755);
-            let account = SftpAccount {
+            return SftpAccount {
                 user,
                 password,
-                root: chroot.join("home"),
+                files: AccountFiles::new(chroot.join("home"), uid, gid).with_folders(folders),
                 chroot,
                 keys: self.keys.clone(),
-                uid,
-                gid,
             };
-            account.make_dir(&account.root);
-            for sub in folders {
-                account.make_dir(&account.root.join(sub));
-            }
-            return account;
         }
         panic!("harness: could not find a free user name after 5 tries");
     }
@@ -295,12 +288,17 @@ impl SftpServer {
 pub struct SftpAccount {
     pub user: String,
     pub password: String,
-    /// The account's root (`/` over SFTP).
-    pub root: PathBuf,
+    /// The account's root (`/` over SFTP) is `files.root`, inside the chroot.
+    files: AccountFiles,
     chroot: PathBuf,
     keys: PathBuf,
-    uid: u32,
-    gid: u32,
+}
+
+impl std::ops::Deref for SftpAccount {
+    type Target = AccountFiles;
+    fn deref(&self) -> &AccountFiles {
+        &self.files
+    }
 }
 
 impl fmt::Debug for SftpAccount {
@@ -308,89 +306,17 @@ impl fmt::Debug for SftpAccount {
         f.debug_struct("SftpAccount")
             .field("user", &self.user)
             .field("password", &"<redacted>")
-            .field("root", &self.root)
+            .field("root", &self.files.root)
             .finish()
     }
 }
 
 impl SftpAccount {
-    /// The path of `rel` (as seen over SFTP) on disk.
-    pub fn path(&self, rel: &str) -> PathBuf {
-        let rel = Path::new(rel.trim_start_matches('/'));
-        assert!(
-            rel.components().all(|c| matches!(c, Component::Normal(_))),
-            "harness: {rel:?} must be a plain relative path inside the account"
-        );
-        self.root.join(rel)
-    }
-
     /// Lets the holder of `public_key` (an OpenSSH public key line) log in.
     pub fn authorize_key(&self, public_key: &str) {
         let file = self.keys.join(&self.user);
         fs::write(&file, format!("{public_key}\n"))
             .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", file.display()));
-    }
-
-    /// Writes a file (creating its folders), owned by the user.
-    pub fn put(&self, rel: &str, bytes: &[u8]) {
-        let path = self.path(rel);
-        if let Some(parent) = path.parent() {
-            self.make_dir(parent);
-        }
-        fs::write(&path, bytes)
-            .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
-        self.chown(&path);
-    }
-
-    /// A file's bytes, or `None` if it does not exist.
-    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        let path = self.path(rel);
-        match fs::read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => panic!("harness: cannot read {}: {e}", path.display()),
-        }
-    }
-
-    /// The names in a folder (`""`: the root), sorted; empty if it does not exist.
-    pub fn list(&self, rel_dir: &str) -> Vec<String> {
-        let path = if rel_dir.trim_matches('/').is_empty() {
-            self.root.clone()
-        } else {
-            self.path(rel_dir)
-        };
-        let mut names: Vec<String> = match fs::read_dir(&path) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
-            Err(e) => panic!("harness: cannot list {}: {e}", path.display()),
-        };
-        names.sort();
-        names
-    }
-
-    fn make_dir(&self, dir: &Path) {
-        if dir.is_dir() {
-            return;
-        }
-        if dir != self.root
-            && let Some(parent) = dir.parent()
-        {
-            self.make_dir(parent);
-        }
-        fs::create_dir(dir)
-            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
-            .unwrap_or_else(|e| panic!("harness: cannot create {}: {e}", dir.display()));
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("harness: cannot chmod {}: {e}", dir.display()));
-        self.chown(dir);
-    }
-
-    fn chown(&self, path: &Path) {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-            .unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
     }
 }
 
