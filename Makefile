@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet deploy-check monitoring-check image otlp-dump chaos chaos-long
+.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet deploy-check monitoring-check image otlp-dump chaos chaos-long
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -16,6 +16,11 @@ chaos: ## fault trials with figures, short (~2-3 min; in CI): kills, stops, stor
 
 chaos-long: ## the long fault run (~6-7 min) whose figures docs/reliability.md records
 	scripts/chaos.sh --long
+
+doctor: ## the onboarding checklist of a tenant on the local stack (TENANT=demo): worker doctor, docs/operations.md
+	scripts/stack.sh up
+	cargo build -q -p worker
+	USER_IMPORT_CONFIG=config/worker.local.toml "$${CARGO_TARGET_DIR:-target}/debug/worker" doctor --tenant $(or $(TENANT),demo)
 
 stack-up: ## start the local stack (RabbitMQ, Redis, vsftpd FTPS, SMTP sink, platform fake)
 	scripts/stack.sh up

@@ -37,6 +37,7 @@ AMQP_PORT=5672
 REDIS_PORT=6379
 DEMO_USER=demo
 DEMO_DOMAIN=demo.learning-admin.com
+DEMO_ADMIN=demo.admin
 FTP_ROOT=/srv/user-import-ftp
 DEMO_HOME="$FTP_ROOT/$DEMO_USER"
 WAIT_SECS=${UI_STACK_WAIT_SECS:-60}
@@ -350,7 +351,7 @@ ensure_demo_user() {
   printf '%s:%s\n' "$DEMO_USER" "$(<"$SECRETS/demo")" | chpasswd
   install -d -o "$DEMO_USER" -g "$DEMO_USER" -m 755 "$DEMO_HOME"
   local d
-  for d in uploads tmp log reports; do
+  for d in uploads tmp log reports archive; do
     install -d -o "$DEMO_USER" -g "$DEMO_USER" -m 755 "$DEMO_HOME/$d"
   done
 }
@@ -491,6 +492,16 @@ fake_up() {
   log "platform fake: up on http://127.0.0.1:$FAKE_PORT (tenant $DEMO_DOMAIN)"
 }
 
+# The demo tenant's nominated admin (config/tenants.example.toml), which `worker doctor` looks up.
+seed_demo_admin() {
+  local url="http://127.0.0.1:$FAKE_PORT/_fake/tenants/$DEMO_DOMAIN/users/$DEMO_ADMIN"
+  curl -fsS --max-time 3 "$url" >/dev/null 2>&1 && return 0
+  curl -fsS --max-time 3 -X PUT -H 'content-type: application/json' \
+    -d '{"profile":{"forename":"Demo","surname":"Admin"},"state":"Activated"}' "$url" >/dev/null ||
+    die "platform fake: cannot create the demo admin $DEMO_ADMIN"
+  log "platform fake: created the demo tenant's admin $DEMO_ADMIN"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 
@@ -514,6 +525,7 @@ cmd_up() {
   smtp_up
   if ((with_fake)); then
     fake_up
+    seed_demo_admin
   else
     log "platform fake: skipped (--no-fake)"
   fi

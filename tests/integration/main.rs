@@ -30,11 +30,15 @@
 //! - `observability`: the `scheduler` and `worker` processes' traces (one trace per job, exported
 //!   over OTLP to a collector in the test), `/metrics` of both, JSON logs with trace ids, and no
 //!   secret in anything they emit, even at `trace`.
+//! - `doctor`: `worker doctor` as a process: all green for a good FTPS and SFTP tenant; a wrong
+//!   key, an unknown CA, a missing folder, an unknown admin, an unreachable SMTP host each fail
+//!   their step with its hint; nothing changes on the account or the platform.
 //! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod broker_restart;
 mod corpus;
 mod dead_letters;
+mod doctor;
 mod fake_api;
 mod fleet;
 mod import_engine;

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod alerts;
 pub mod deps;
+pub mod doctor;
 pub mod email;
 pub mod fleet;
 pub mod import;
@@ -36,18 +37,31 @@ mod layering {
     const RULES: &[(&str, &[&str])] = &[
         (
             "account",
-            &["pipeline", "import", "fleet", "job", "once", "platform"],
+            &[
+                "pipeline", "import", "fleet", "job", "once", "platform", "doctor",
+            ],
         ),
         (
             "platform",
-            &["pipeline", "import", "fleet", "job", "once", "account"],
+            &[
+                "pipeline", "import", "fleet", "job", "once", "account", "doctor",
+            ],
         ),
-        ("email.rs", &["pipeline", "import", "fleet", "job", "once"]),
-        ("import", &["pipeline", "fleet", "job", "once", "account"]),
-        ("job", &["pipeline", "fleet", "once"]),
-        ("pipeline", &["fleet", "once"]),
-        ("layout.rs", &["pipeline", "fleet", "job", "once"]),
-        ("deps.rs", &["pipeline", "fleet", "job", "once"]),
+        (
+            "email.rs",
+            &["pipeline", "import", "fleet", "job", "once", "doctor"],
+        ),
+        (
+            "import",
+            &["pipeline", "fleet", "job", "once", "account", "doctor"],
+        ),
+        ("job", &["pipeline", "fleet", "once", "doctor"]),
+        ("pipeline", &["fleet", "once", "doctor"]),
+        ("layout.rs", &["pipeline", "fleet", "job", "once", "doctor"]),
+        ("deps.rs", &["pipeline", "fleet", "job", "once", "doctor"]),
+        // A driver beside once.rs: the clients only, never the job core or the pipeline (what
+        // it checks must not be able to write through a job), nor the other drivers.
+        ("doctor", &["pipeline", "job", "import", "fleet", "once"]),
     ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {

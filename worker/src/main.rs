@@ -30,6 +30,23 @@ enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Check a tenant before its first run (the onboarding checklist of docs/operations.md):
+    /// connect, TLS or host key, login, folders (a probe file written and removed), the file, the
+    /// API and its fields, the admin, the mail route, the next ticks. Changes nothing else; exit 0
+    /// only if the tenant would run.
+    Doctor {
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        tenant: Option<String>,
+        /// Every enabled tenant of the registry.
+        #[arg(long)]
+        all: bool,
+        /// One JSON document on stdout instead of the checklist.
+        #[arg(long)]
+        json: bool,
+        /// Also send the admin a test email (without it, the SMTP dialogue stops before DATA).
+        #[arg(long)]
+        send_test_email: bool,
+    },
     /// Consume the region's queue and run jobs until SIGTERM/SIGINT (then drain and exit 0).
     Run,
     /// Load and check the settings and the tenant registry, then exit.
@@ -75,6 +92,26 @@ fn command(
             ExitCode::SUCCESS
         }
         Command::Run => runtime.block_on(run(settings, registry, secrets)),
+        Command::Doctor {
+            tenant,
+            all: _,
+            json,
+            send_test_email,
+        } => runtime.block_on(async move {
+            let deps = match worker::Deps::build(settings, registry, secrets) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = worker::doctor::Options { send_test_email };
+            let reports = match &tenant {
+                Some(name) => vec![worker::doctor::check_tenant(&deps, name, opts).await],
+                None => worker::doctor::check_all(&deps, opts).await,
+            };
+            doctor_output(&reports, tenant.is_some(), json)
+        }),
         Command::Once { tenant } => runtime.block_on(async move {
             let deps = match worker::Deps::build(settings, registry, secrets) {
                 Ok(d) => d,
@@ -91,6 +128,38 @@ fn command(
                 ExitCode::FAILURE
             }
         }),
+    }
+}
+
+/// Prints the doctor's reports; exit 0 only if every tenant would run.
+fn doctor_output(reports: &[worker::doctor::TenantReport], one: bool, json: bool) -> ExitCode {
+    let would_run = reports.iter().all(|r| r.would_run);
+    if json {
+        let doc = match (one, reports.first()) {
+            (true, Some(report)) => serde_json::to_string(report),
+            _ => serde_json::to_string(&worker::doctor::AllReports {
+                would_run,
+                tenants: reports,
+            }),
+        };
+        match doc {
+            Ok(doc) => println!("{doc}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", worker::doctor::render(reports));
+        if !one {
+            let failing = reports.iter().filter(|r| !r.would_run).count();
+            println!("{} tenants checked, {failing} would not run", reports.len());
+        }
+    }
+    if would_run {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -42,6 +42,44 @@ impl AccountFiles {
         self.root.join(rel)
     }
 
+    /// Makes a folder (and its missing parents), owned by the user.
+    pub fn make_folder(&self, rel: &str) {
+        self.make_dir(&self.path(rel));
+    }
+
+    /// Every file and folder below the root, recursively: relative path → size (`None` for a
+    /// folder) and modification time. What a test compares before and after to show that
+    /// nothing on the account changed.
+    pub fn snapshot(
+        &self,
+    ) -> std::collections::BTreeMap<String, (Option<u64>, std::time::SystemTime)> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![self.root.clone()];
+        while let Some(dir) = todo.pop() {
+            let entries = fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("harness: cannot list {}: {e}", dir.display()));
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let meta = fs::symlink_metadata(&path)
+                    .unwrap_or_else(|e| panic!("harness: cannot stat {}: {e}", path.display()));
+                let rel = path
+                    .strip_prefix(&self.root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                if meta.is_dir() {
+                    // A folder's own time changes with any entry made in it: its contents say
+                    // what changed.
+                    out.insert(rel, (None, std::time::UNIX_EPOCH));
+                    todo.push(path);
+                } else {
+                    out.insert(rel, (Some(meta.len()), modified));
+                }
+            }
+        }
+        out
+    }
+
     /// Writes a file (creating its folders), owned by the user.
     pub fn put(&self, rel: &str, bytes: &[u8]) {
         let path = self.path(rel);
