@@ -326,6 +326,31 @@ async fn a_missing_folder_fails_the_folders_step_naming_it_and_is_not_created() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_refuses_writes_fails_the_folders_step_as_not_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = good_tenant(Options::default()).await;
+    let log = env.account.path("log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o555))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = env.account.snapshot();
+    let (code, report) = doctor_json(&env, &env.account.password, &[]).await;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(code, Some(0), "{report:#}");
+    let folders = step(&report, "folders");
+    assert_eq!(folders["verdict"], "fail", "{report:#}");
+    assert!(
+        folders["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("/log is not writable")),
+        "{folders:#}"
+    );
+    let after = env.account.snapshot();
+    assert_eq!(before, after);
+    no_probe_left(&after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_admin_fails_the_admin_step_with_its_hint() {
     let env = TenantEnv::new().await;
     env.account.make_folder("archive");

@@ -35,6 +35,7 @@ enum Command {
     /// API and its fields, the admin, the mail route, the next ticks. Changes nothing else; exit 0
     /// only if the tenant would run.
     Doctor {
+        /// The tenant to check, by its registry name.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
         tenant: Option<String>,
         /// Every enabled tenant of the registry.
