@@ -32,7 +32,8 @@
 //!   secret in anything they emit, even at `trace`.
 //! - `doctor`: `worker doctor` as a process: all green for a good FTPS and SFTP tenant; a wrong
 //!   key, an unknown CA, a missing folder, an unknown admin, an unreachable SMTP host each fail
-//!   their step with its hint; nothing changes on the account or the platform.
+//!   their step with its hint; nothing changes on the account or the platform; its SMTP dialogue
+//!   over STARTTLS and TLS with the relay's certificate verified.
 //! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod broker_restart;

@@ -141,3 +141,23 @@ pub fn client_config(ca_file: &Path) -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     Arc::new(config)
 }
+
+/// A rustls server configuration (aws-lc-rs provider) presenting `cert` with its `key`: for the
+/// small TLS servers a test runs itself (an SMTP relay speaking STARTTLS).
+pub fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap_or_else(|e| panic!("harness: cannot read {}: {e}", cert.display()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("harness: bad PEM in {}: {e}", cert.display()));
+    let key = PrivateKeyDer::from_pem_file(key)
+        .unwrap_or_else(|e| panic!("harness: bad key in {}: {e}", key.display()));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("harness: rustls protocol versions: {e}"))
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap_or_else(|e| panic!("harness: the server certificate: {e}"));
+    Arc::new(config)
+}
