@@ -186,7 +186,7 @@ fn identity_failed(tenant: &Tenant, e: &AccountError) -> Step {
 }
 
 /// Each folder of [`FOLDERS`]: listed in the root, then a probe file uploaded (to a temporary
-/// name and renamed, as every upload of a run), removed, and the folder listed again.
+/// name and renamed, as every upload of a run), removed, and asked for again.
 async fn folders(session: &mut dyn Account) -> Step {
     let root = match session.list("/").await {
         Ok(names) => names,
@@ -241,22 +241,28 @@ async fn probe(session: &mut dyn Account, dir: &str) -> Result<(), String> {
     let name = format!(".user-import-doctor-{:08x}", rand::random::<u32>());
     let path = format!("{dir}/{name}");
     let mut body: &[u8] = b"user-import doctor probe: safe to delete\n";
-    match session.upload(&path, &mut body).await {
-        Ok(_) => {}
-        Err(AccountError::Refused(why)) => return Err(format!("is not writable: {why}")),
-        Err(e) => return Err(format!("could not be written to: {e}")),
+    if let Err(e) = session.upload(&path, &mut body).await {
+        let left = session
+            .take_leftover()
+            .map(|temp| format!(" (its temporary file {temp} may be left: remove it by hand)"))
+            .unwrap_or_default();
+        return Err(match e {
+            AccountError::Refused(why) => format!("is not writable: {why}{left}"),
+            e => format!("could not be written to: {e}{left}"),
+        });
     }
     if let Err(e) = session.remove(&path).await {
         return Err(format!(
             "is writable, but the probe {path} could not be removed ({e}): remove it by hand"
         ));
     }
-    match session.list(dir).await {
-        Ok(names) if names.iter().any(|n| n == &name) => Err(format!(
+    // SIZE (SFTP: stat), not a listing: FTP servers leave dot files out of NLST.
+    match session.size(&path).await {
+        Ok(Some(_)) => Err(format!(
             "is writable, but the probe {path} is still there after removing it: remove it by hand"
         )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot be listed: {e}")),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("cannot be read back: {e}")),
     }
 }
 
