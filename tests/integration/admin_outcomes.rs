@@ -258,6 +258,11 @@ async fn the_demo_file_shows_one_invalid_count_in_the_log_the_summary_the_report
         "{}",
         mails[0].body_text
     );
+    assert!(
+        !mails[0].body_text.contains("full sync"),
+        "full sync is off: no line about it\n{}",
+        mails[0].body_text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,18 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     if stat.size > limit {
         return too_large(job, stat, limit).await;
     }
-    let Some(file) = fetch(job, UPLOAD_PATH).await.map_err(account_error)? else {
+    let file = match fetch(job, UPLOAD_PATH).await {
+        // Within the limit at the first look, over it now: still being uploaded. The next run
+        // looks again (and refuses it, once, if it stays over the limit).
+        Err(AccountError::TooLarge { .. }) => {
+            return Ok(Step::Finish(Outcome::UploadIncomplete {
+                size_before: stat.size,
+                size_after: job.size(UPLOAD_PATH).await.ok().flatten(),
+            }));
+        }
+        other => other.map_err(account_error)?,
+    };
+    let Some(file) = file else {
         return Ok(Step::Finish(Outcome::NoFile));
     };
     tracing::Span::current().record("file.size", file.size);

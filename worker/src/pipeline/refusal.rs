@@ -1,9 +1,14 @@
 //! A file refused outright (unreadable: binary, empty, no `Username` column, a header over a
-//! limit, too many rows) or an account that refuses the run's writes (permissions, quota) is told
-//! to the admin once: one email with the reason and what to do, and the version is remembered as
-//! refused — `/tmp/<sha1>.refused` on the account, or in the fleet's Redis where the account
-//! cannot hold it — so the next runs skip it without trying, or emailing, again. A corrected
-//! upload (another SHA1) runs at the next tick.
+//! limit, too many rows; or over the size limit) or an account that refuses the run's writes
+//! (permissions, quota) is told to the admin once: one email with the reason and what to do, and
+//! the version is remembered as refused — `/tmp/<sha1>.refused` on the account, or in the fleet's
+//! Redis where the account cannot hold it — so the next runs skip it without trying, or emailing,
+//! again. A corrected upload (another SHA1) runs at the next tick; `/uploads/user-import.rerun`
+//! tries the same version again.
+//!
+//! A file over the size limit is refused before its download, so it has no SHA1: its marker is
+//! keyed by its size and modification time (`too-large-<size>-<UTC time>.refused`). A new upload
+//! changes the time, so a corrected file never matches it; the same file, untouched, always does.
 
 use chrono::NaiveDateTime;
 
