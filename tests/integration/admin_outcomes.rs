@@ -466,3 +466,20 @@ async fn a_rerun_file_tries_a_refused_version_again() {
     ));
     assert_eq!(admin_mails(&env).await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_file_uploaded_with_a_new_file_is_used_up_by_that_files_run() {
+    let env = TenantEnv::new().await;
+    env.upload(CORRECTED);
+    env.account
+        .put("uploads/user-import.rerun", b"again please");
+    env.run_imported().await;
+    assert!(env.account.read("uploads/user-import.rerun").is_none());
+    // So the next tick does not import the same file a second time.
+    let calls = env.fake.calls(&env.domain).total();
+    assert!(matches!(
+        env.run().await,
+        Ok(Outcome::AlreadyProcessed { .. })
+    ));
+    assert_eq!(env.fake.calls(&env.domain).total(), calls);
+}

@@ -8,7 +8,7 @@
 use shared::Sha1Digest;
 
 use super::{Step, refusal};
-use crate::job::JobRun;
+use crate::job::{JobRun, account_error};
 use crate::layout::{MARKER_DIR, RERUN_PATH};
 use crate::outcome::{JobError, Outcome, Retryable};
 
@@ -39,7 +39,9 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         size,
     };
     let refused = !seen && refusal::refused_before(job, &names, &version).await;
-    job.found.plan.rerun = job.stat(RERUN_PATH).await?.is_some();
+    // One SIZE (not a listing of /uploads): asked of every run that found a file, so that a
+    // request made while a new file arrives is used by that file's run, not a later one.
+    job.found.plan.rerun = job.size(RERUN_PATH).await.map_err(account_error)?.is_some();
     span.record("already_processed", seen || refused);
     if (seen || refused) && job.found.plan.rerun {
         job.log(format!(
