@@ -231,7 +231,7 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
         b.push('\n');
     }
     if let Some((path, rows)) = ctx.rejects {
-        b.push_str(&rejects_note(path, rows));
+        b.push_str(&rejects_note(path, rows, ctx.tenant.import.full_sync));
     }
     b.push_str(&format!(
         "The record-by-record report is attached and kept on your FTPS account as {}.\n\
@@ -241,11 +241,22 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
     b
 }
 
-/// How to fix the rejected rows: the reject file, then one re-upload.
-fn rejects_note(path: &str, rows: u64) -> String {
-    format!(
+/// How to fix the rejected rows: the reject file, then one re-upload (not with full sync, which
+/// would deactivate every managed user absent from so short a file).
+fn rejects_note(path: &str, rows: u64, full_sync: bool) -> String {
+    let head = format!(
         "To fix them: the {rows} rows that were invalid or failed are in {path},\n\
-         in your file's own format (its header and delimiter). Correct those rows there (the\n\
+         in your file's own format (its header and delimiter). "
+    );
+    if full_sync {
+        return format!(
+            "{head}Your tenant uses full sync: do NOT\n\
+             upload that file on its own (every user absent from it would be deactivated); correct\n\
+             those rows in your full export and upload that.\n\n"
+        );
+    }
+    format!(
+        "{head}Correct those rows there (the\n\
          report says what is wrong with each) and upload that file as {UPLOAD_PATH}:\n\
          the next run imports them.\n\n"
     )
@@ -291,4 +302,29 @@ async fn email(job: &JobRun<'_>, ctx: &EmailContext<'_>) -> Result<(), String> {
         attachment,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reject_file_sits_next_to_its_report_and_full_sync_is_warned_off_uploading_it() {
+        let report = "/reports/user-import-20260101T000000Z-abcdef12.csv";
+        let rejects = rejects_path_for(report);
+        assert_eq!(
+            rejects,
+            "/reports/user-import-20260101T000000Z-abcdef12.rejects.csv"
+        );
+        let plain = rejects_note(&rejects, 3, false);
+        assert!(
+            plain.contains("upload that file as /uploads/user-import.csv"),
+            "{plain}"
+        );
+        let synced = rejects_note(&rejects, 3, true);
+        assert!(
+            synced.contains("do NOT") && !synced.contains("upload that file as"),
+            "{synced}"
+        );
+    }
 }
