@@ -162,6 +162,24 @@ async fn a_header_over_the_column_limit_is_refused_once_naming_the_limit_and_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_longer_than_the_record_limit_is_refused_once_naming_the_limit_and_its_correction_imports()
+ {
+    let env = TenantEnv::new().await;
+    // 80 columns of 1000 characters: over the 64 KiB record limit, under the column limit.
+    let extra: Vec<String> = (0..80)
+        .map(|i| format!("{i:03}{}", "h".repeat(997)))
+        .collect();
+    let file = format!("Username,Surname,{}\nann,Lee\n", extra.join(","));
+    refused_once_then_corrected(
+        &env,
+        file.as_bytes(),
+        "unreadable-file",
+        "the header row is longer than 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_the_size_limit_is_refused_once_by_size_and_time_and_its_correction_imports() {
     let env = TenantEnv::with(Options {
         tenant_settings: format!("{FAST_SETTLE}\nlimits = {{ max_file_bytes = 200 }}"),
