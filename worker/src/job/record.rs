@@ -154,9 +154,8 @@ impl RunRecord {
                 size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
             ),
             Ok(Outcome::AlreadyProcessed { .. }) if self.refused_before.is_some() => format!(
-                "end: skipped, this version of the file was refused before (/tmp/{}); upload a corrected file, or {} to try this one again",
+                "end: skipped, this version of the file was refused before (/tmp/{}); upload a corrected file",
                 self.refused_before.as_deref().unwrap_or_default(),
-                crate::layout::RERUN_PATH
             ),
             Ok(Outcome::AlreadyProcessed { sha1 }) if self.verify_only => format!(
                 "end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"
@@ -388,5 +387,13 @@ mod tests {
         assert!(r.end_line(&skipped).contains("delete /tmp/ab.sha1"));
         r.verify_only = true;
         assert!(r.end_line(&skipped).contains("delete /tmp/ab.verified"));
+        // A refused version is not "processed": its line names its refusal marker.
+        r.refused_before = Some("too-large-900.refused".into());
+        let line = r.end_line(&skipped);
+        assert!(
+            line.contains("refused before (/tmp/too-large-900.refused)")
+                && !line.contains("delete"),
+            "{line}"
+        );
     }
 }
