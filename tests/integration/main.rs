@@ -10,6 +10,9 @@
 //! - `fake_api`: the platform fake behaves as the public API reference says.
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
 //! - `refusal`: a refused write or file is told to the admin once and not run again.
+//! - `admin_outcomes`: what the tenant admin is told: each refused file once (and its correction
+//!   imported), one invalid count everywhere, lone-CR line numbers, the reject file fixed and
+//!   uploaded again, the re-run request.
 //! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
@@ -36,6 +39,7 @@
 //!   over STARTTLS and TLS with the relay's certificate verified.
 //! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
+mod admin_outcomes;
 mod broker_restart;
 mod corpus;
 mod dead_letters;

@@ -184,16 +184,22 @@ impl TenantEnv {
         fixtures::tenant_log(&self.account)
     }
 
-    /// The per-record reports (CSV) on the account, by name.
+    /// The per-record reports (CSV) on the account, by name (reject files not included).
     pub fn reports(&self) -> Vec<String> {
-        let mut r: Vec<String> = self
-            .account
+        self.account
             .list("reports")
             .into_iter()
-            .filter(|n| n.ends_with(".csv"))
-            .collect();
-        r.sort();
-        r
+            .filter(|n| n.ends_with(".csv") && !n.ends_with(".rejects.csv"))
+            .collect()
+    }
+
+    /// The reject files (`<report name>.rejects.csv`) on the account, by name.
+    pub fn rejects(&self) -> Vec<String> {
+        self.account
+            .list("reports")
+            .into_iter()
+            .filter(|n| n.ends_with(".rejects.csv"))
+            .collect()
     }
 
     /// The tenant's Redis key prefix (the fleet's `redis.key_prefix` in its settings).

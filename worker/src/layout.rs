@@ -9,6 +9,9 @@ pub const VERIFY_UPLOAD_PATH: &str = "/uploads/user-import.verify.csv";
 /// With `skip_unchanged`: its presence makes the next import send every row (then it is removed).
 pub const FULL_FLAG_NAME: &str = "user-import.full";
 pub const FULL_FLAG_PATH: &str = "/uploads/user-import.full";
+/// Its presence makes the next run import the current file again although its marker is there
+/// (then it is removed): a re-run without deleting markers.
+pub const RERUN_PATH: &str = "/uploads/user-import.rerun";
 /// The admin's confirmation of a file held by the mass-change guard.
 pub const CONFIRM_PATH: &str = "/uploads/user-import.confirm";
 /// The markers: `<sha1>.sha1` (imported), `<sha1>.verified`, `<sha1>.held`.

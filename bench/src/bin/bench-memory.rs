@@ -2,7 +2,9 @@
 //! fresh process: `names` runs the duplicate-username check (`worker::import::names`) over
 //! `--rows` distinct usernames (plus 1 % repeated); `attachment` zips a results CSV of `--rows`
 //! rows into the report attachment (`worker::email::attachment_from_file`). `--old` measures what
-//! they replaced: a `HashSet<u64>` of the names, the whole CSV read into memory.
+//! they replaced: a `HashSet<u64>` of the names, the whole CSV read into memory. `rejects` writes
+//! the reject file (`worker::import::rejects`) of an upload of `--rows` rows, every third one
+//! rejected, one of them a 4 MiB row over the record limit.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -15,6 +17,7 @@ use worker::import::names::{NameSpill, key_hash};
 enum What {
     Names,
     Attachment,
+    Rejects,
 }
 
 #[derive(Debug, Parser)]
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let detail = match cli.what {
         What::Names => names(cli.rows, cli.old)?,
+        What::Rejects => rejects(cli.rows, cli.work_dir)?,
         What::Attachment => {
             let dir = tempfile::tempdir_in(cli.work_dir.unwrap_or_else(std::env::temp_dir))?;
             let csv = dir.path().join("results.csv");
@@ -87,6 +91,46 @@ fn names(rows: u64, old: bool) -> anyhow::Result<String> {
     Ok(format!(
         "{} duplicated names, {occurrences} rows",
         dups.len()
+    ))
+}
+
+/// The reject file of an upload of `rows` rows, every third rejected (one of them 4 MiB long).
+fn rejects(rows: u64, work_dir: Option<PathBuf>) -> anyhow::Result<String> {
+    use worker::import::rejects::{RejectLines, extract};
+    let dir = tempfile::tempdir_in(work_dir.unwrap_or_else(std::env::temp_dir))?;
+    let upload = dir.path().join("user-import.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&upload)?);
+    w.write_all(b"Username,First name,Surname,Email address,Department\r\n")?;
+    let mut lines = RejectLines::new()?;
+    for i in 0..rows {
+        let line = i + 2;
+        if i == rows / 2 {
+            // Written in pieces: the generator holds no 4 MiB string of its own.
+            write!(w, "user.{i:07},")?;
+            for _ in 0..64 {
+                w.write_all(&[b'x'; 64 * 1024])?;
+            }
+            write!(w, ",Long,u{i}@example.org,Sales\r\n")?;
+            lines.push(line)?;
+            continue;
+        }
+        write!(
+            w,
+            "user.{i:07},First {i},\"Last, {i}\",u{i}@example.org,Sales\r\n"
+        )?;
+        if i % 3 == 0 {
+            lines.push(line)?;
+        }
+    }
+    w.flush()?;
+    drop(w);
+    let size = std::fs::metadata(&upload)?.len();
+    let out = extract(&upload, b',', 64 * 1024, lines, dir.path())?
+        .ok_or_else(|| anyhow::anyhow!("no reject file"))?;
+    let written = std::fs::metadata(&out.path)?.len();
+    Ok(format!(
+        "upload {size} bytes, reject file {} rows, {written} bytes",
+        out.rows
     ))
 }
 

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod full_sync;
 pub mod names;
 pub mod reader;
+pub mod rejects;
 pub mod results;
 pub mod row;
 pub mod store;
@@ -73,6 +74,8 @@ pub struct ImportSummary {
     /// The first problems (invalid, failed, unconfirmed rows), for the email body.
     pub first_problems: Vec<RowResult>,
     pub results_file: PathBuf,
+    /// The rows that ended invalid or failed, in the upload's own format; `None` when none did.
+    pub rejects: Option<rejects::Rejects>,
     pub delimiter: char,
     pub encoding: decode::TextEncoding,
     /// A verify-only run: the counts say what would have happened; nothing was written.
@@ -171,16 +174,34 @@ pub async fn run(
     let mut record = |r: RowResult| tally.record(r);
     pass.rows(params.verify, None, planned, &mut record).await?;
     full_sync::deactivate(client, params, &absent, cancel, &mut record).await?;
-    let (counts, first_problems) = tally.finish()?;
+    let (counts, first_problems, rejected) = tally.finish()?;
+    let rejects = rejects_off_thread(file, delimiter, params, rejected, results_path).await?;
     Ok(Run::Done(ImportSummary {
         counts,
         unknown_columns: unknown,
         first_problems,
         results_file: results_path.to_owned(),
+        rejects,
         delimiter: delimiter as char,
         encoding,
         verify: params.verify,
     }))
+}
+
+/// [`rejects::extract`] on a blocking thread, into the results file's folder.
+async fn rejects_off_thread(
+    file: &Path,
+    delimiter: u8,
+    params: &ImportParams,
+    rejected: rejects::RejectLines,
+    results_path: &Path,
+) -> Result<Option<rejects::Rejects>, ImportError> {
+    let (file, max) = (file.to_owned(), params.max_record_bytes);
+    let dir = results_path.parent().unwrap_or(Path::new(".")).to_owned();
+    tokio::task::spawn_blocking(move || rejects::extract(&file, delimiter, max, rejected, &dir))
+        .await
+        .map_err(|e| ImportError::WorkerFault(e.to_string()))?
+        .map_err(ImportError::Io)
 }
 
 /// The tenant's profile fields, with the API's refusal mapped to why the import cannot run.
@@ -365,6 +386,8 @@ struct Tally<'a> {
     writer: ResultsWriter,
     counts: Counts,
     first_problems: Vec<RowResult>,
+    /// The lines of the rows that ended invalid or failed, for the reject file.
+    rejected: rejects::RejectLines,
     progress: &'a mpsc::UnboundedSender<String>,
     progress_every: u64,
     /// Rows of the file, as the first pass counted them.
@@ -383,6 +406,7 @@ impl<'a> Tally<'a> {
             writer: ResultsWriter::create(results_path, params.verify)?,
             counts: Counts::default(),
             first_problems: Vec::new(),
+            rejected: rejects::RejectLines::new()?,
             progress,
             progress_every: params.progress_every,
             file_rows,
@@ -393,6 +417,9 @@ impl<'a> Tally<'a> {
     fn record(&mut self, r: RowResult) -> Result<(), ImportError> {
         count_status(&mut self.counts, &r);
         self.writer.write(&r)?;
+        if matches!(r.status, RowStatus::Invalid | RowStatus::Failed) && r.line > 0 {
+            self.rejected.push(r.line)?;
+        }
         if r.status.is_problem() && self.first_problems.len() < FIRST_PROBLEMS {
             self.first_problems.push(r);
         }
@@ -410,10 +437,10 @@ impl<'a> Tally<'a> {
         Ok(())
     }
 
-    /// Closes the results file; the counts and the first problems.
-    fn finish(self) -> Result<(Counts, Vec<RowResult>), ImportError> {
+    /// Closes the results file; the counts, the first problems and the rejected lines.
+    fn finish(self) -> Result<(Counts, Vec<RowResult>, rejects::RejectLines), ImportError> {
         self.writer.finish()?;
-        Ok((self.counts, self.first_problems))
+        Ok((self.counts, self.first_problems, self.rejected))
     }
 }
 

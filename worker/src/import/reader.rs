@@ -70,6 +70,9 @@ pub struct BoundedReader<R> {
     quote: QuoteState,
     /// The line where the current record's open quote (if any) started.
     quote_line: u64,
+    /// Bytes consumed so far, and where the last record returned began: its span in the file.
+    offset: u64,
+    record_start: u64,
 }
 
 /// A shadow of `csv-core`'s quoting rules (a quote opens a cell only as its first byte; `""`
@@ -109,12 +112,22 @@ impl<R: Read> BoundedReader<R> {
             delimiter,
             quote: QuoteState::StartOfCell,
             quote_line: 0,
+            offset: 0,
+            record_start: 0,
         }
+    }
+
+    /// Where the item last returned by [`Self::next_item`] lies in the input: from its first byte
+    /// to the end of its line break (or of the input), as byte offsets. The reject file copies
+    /// rows by these spans, exactly as they were uploaded.
+    pub fn span(&self) -> (u64, u64) {
+        (self.record_start, self.offset)
     }
 
     /// Accounts for bytes the parser consumed: line breaks (LF, CRLF and a lone CR count one
     /// each) and the quote state.
     fn consumed(&mut self, bytes_start: usize, n: usize) {
+        self.offset += n as u64;
         for i in bytes_start..bytes_start + n {
             let b = self.buf[i];
             let line_break = match b {
@@ -156,6 +169,7 @@ impl<R: Read> BoundedReader<R> {
     pub fn next_item(&mut self) -> std::io::Result<Option<Item>> {
         loop {
             self.skip_line_breaks()?;
+            self.record_start = self.offset;
             let line = self.newlines + 1;
             let nend = match self.parse_record(line)? {
                 Parsed::End => return Ok(None),
@@ -389,6 +403,23 @@ mod tests {
         text.push_str("\r\nlast\n");
         let got = items(text.as_bytes(), 1024);
         assert_eq!(got.last(), Some(&rec(before + 2, &["last"])));
+    }
+
+    #[test]
+    fn each_item_spans_its_bytes_from_its_first_to_its_line_break() {
+        let text = b"a,b\r\n\r\n\"x\ny\",z\n  \nc,d";
+        let mut r = BoundedReader::new(&text[..], b',', 1024);
+        let mut spans = Vec::new();
+        while r.next_item().unwrap_or_else(|e| panic!("{e}")).is_some() {
+            let (start, end) = r.span();
+            spans.push(String::from_utf8_lossy(&text[start as usize..end as usize]).into_owned());
+        }
+        // Each from its first byte, blank lines before it left out; its own line break at most.
+        let trimmed: Vec<&str> = spans
+            .iter()
+            .map(|s| s.trim_end_matches(['\r', '\n']))
+            .collect();
+        assert_eq!(trimmed, ["a,b", "\"x\ny\",z", "c,d"], "{spans:?}");
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct Plan {
     pub confirmed: bool,
     /// Send every row, ignoring the row fingerprints.
     pub force_full: bool,
+    /// The admin asked for this file to run again (`/uploads/user-import.rerun`): its marker
+    /// does not skip it, and the request is removed once the run is reported.
+    pub rerun: bool,
 }
 
 /// What the stages hand on to each other.

@@ -42,11 +42,17 @@ pub struct RunRecord {
     /// Wall time of each stage that ran, in milliseconds, by stage name.
     pub durations_ms: BTreeMap<&'static str, u64>,
     pub report_path: Option<String>,
+    /// The rows of the report that ended invalid or failed, in the upload's own format (absent
+    /// when none did).
+    pub rejects_path: Option<String>,
     pub email_sent: Option<bool>,
     pub archive_path: Option<String>,
     /// The tenant's verify-only option (the end line's hint names the right marker).
     #[serde(skip)]
     pub verify_only: bool,
+    /// The marker (in `/tmp`) of a version that was refused before, when the run skipped it.
+    #[serde(skip)]
+    pub refused_before: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,9 +87,11 @@ impl RunRecord {
             counts: None,
             durations_ms: BTreeMap::new(),
             report_path: None,
+            rejects_path: None,
             email_sent: None,
             archive_path: None,
             verify_only: tenant.import.verify_only,
+            refused_before: None,
         }
     }
 
@@ -144,6 +152,10 @@ impl RunRecord {
             }) => format!(
                 "end: left for the next run: the file is still being uploaded (it changed while being looked at: {size_before} bytes, then {})",
                 size_after.map_or_else(|| "gone".to_owned(), |s| format!("{s} bytes"))
+            ),
+            Ok(Outcome::AlreadyProcessed { .. }) if self.refused_before.is_some() => format!(
+                "end: skipped, this version of the file was refused before (/tmp/{}); upload a corrected file",
+                self.refused_before.as_deref().unwrap_or_default(),
             ),
             Ok(Outcome::AlreadyProcessed { sha1 }) if self.verify_only => format!(
                 "end: skipped, this file (SHA1 {sha1}) was already verified; delete /tmp/{sha1}.verified to verify it again"
@@ -312,9 +324,11 @@ mod tests {
             counts: None,
             durations_ms: BTreeMap::new(),
             report_path: None,
+            rejects_path: None,
             email_sent: None,
             archive_path: None,
             verify_only: false,
+            refused_before: None,
         }
     }
 
@@ -373,5 +387,13 @@ mod tests {
         assert!(r.end_line(&skipped).contains("delete /tmp/ab.sha1"));
         r.verify_only = true;
         assert!(r.end_line(&skipped).contains("delete /tmp/ab.verified"));
+        // A refused version is not "processed": its line names its refusal marker.
+        r.refused_before = Some("too-large-900.refused".into());
+        let line = r.end_line(&skipped);
+        assert!(
+            line.contains("refused before (/tmp/too-large-900.refused)")
+                && !line.contains("delete"),
+            "{line}"
+        );
     }
 }

@@ -3,13 +3,13 @@
 //! import again. The marker holds `<sha1>  user-import.csv`, the `sha1sum` format, so `sha1sum -c`
 //! works on a copy of the file. A verify-only run's marker is `<sha1>.verified`: it keeps the same
 //! file from being verified again, and does not keep it from being imported once verify-only is
-//! turned off.
+//! turned off. `/uploads/user-import.rerun` makes a marked (or refused) version run again, once.
 
 use shared::Sha1Digest;
 
 use super::{Step, refusal};
-use crate::job::JobRun;
-use crate::layout::MARKER_DIR;
+use crate::job::{JobRun, account_error};
+use crate::layout::{MARKER_DIR, RERUN_PATH};
 use crate::outcome::{JobError, Outcome, Retryable};
 
 pub fn marker_name(sha1: &Sha1Digest, dry_run: bool) -> String {
@@ -25,8 +25,8 @@ pub fn marker_contents(sha1: &Sha1Digest) -> String {
 }
 
 pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
-    let (sha1, dry_run) = match &job.found.file {
-        Some(f) => (f.sha1.clone(), job.found.plan.dry_run),
+    let (sha1, size, dry_run) = match &job.found.file {
+        Some(f) => (f.sha1.clone(), f.size, job.found.plan.dry_run),
         None => return Err(Retryable::WorkerFault("hash before fetch".into()).into()),
     };
     let span = tracing::Span::current();
@@ -34,13 +34,30 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     let marker = marker_name(&sha1, dry_run);
     let names = job.list(MARKER_DIR).await?;
     let seen = names.contains(&marker);
-    span.record("already_processed", seen);
+    let version = refusal::Version::Hashed {
+        sha1: sha1.to_string(),
+        size,
+    };
+    let refused = !seen && refusal::refused_before(job, &names, &version).await;
+    // One SIZE (not a listing of /uploads): asked of every run that found a file, so that a
+    // request made while a new file arrives is used by that file's run, not a later one.
+    job.found.plan.rerun = job.size(RERUN_PATH).await.map_err(account_error)?.is_some();
+    span.record("already_processed", seen || refused);
+    if (seen || refused) && job.found.plan.rerun {
+        job.log(format!(
+            "re-run asked ({RERUN_PATH}): this file runs again although /tmp/{} is there",
+            if seen { marker } else { version.marker_name() }
+        ));
+        return Ok(Step::Next);
+    }
+    if refused {
+        job.log(refusal::skipped_line(&version));
+        job.record.refused_before = Some(version.marker_name());
+        return Ok(Step::Finish(Outcome::AlreadyProcessed {
+            sha1: sha1.to_string(),
+        }));
+    }
     if !seen {
-        let sha1 = sha1.to_string();
-        if refusal::refused_before(job, &names, &sha1).await {
-            job.log(refusal::skipped_line(&sha1));
-            return Ok(Step::Finish(Outcome::AlreadyProcessed { sha1 }));
-        }
         return Ok(Step::Next);
     }
     if dry_run {

@@ -1,7 +1,9 @@
 //! Stage report: the per-record results CSV goes to `/reports/` (one file per processed version,
 //! named with the time and the short hash), the nominated admin gets an email with the counts in
 //! the subject and the results attached, and then — only then — the `/tmp` marker is written. A
-//! confirmed file's confirmation and a used full-push flag are removed last.
+//! confirmed file's confirmation, a used full-push flag and a used re-run request are removed
+//! last. Rows that ended invalid or failed also go to `<report name>.rejects.csv`, in the upload's
+//! own format, for the admin to fix and upload again.
 
 use chrono::{DateTime, Utc};
 use shared::Sha1Digest;
@@ -11,8 +13,8 @@ use super::{Step, guard, hash};
 use crate::email;
 use crate::import::ImportSummary;
 use crate::import::apply::RowResult;
-use crate::job::{JobRun, Mail};
-use crate::layout::{CONFIRM_PATH, FULL_FLAG_PATH, REPORTS_DIR};
+use crate::job::{JobRun, Mail, Plan};
+use crate::layout::{CONFIRM_PATH, FULL_FLAG_PATH, REPORTS_DIR, RERUN_PATH, UPLOAD_PATH};
 use crate::outcome::{JobError, Outcome, Retryable};
 
 /// A verify-only run's report is `user-import-verify-…`, so it is never taken for an import's.
@@ -35,6 +37,7 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     job.mkdir(REPORTS_DIR).await?;
     job.put_file(&report_path, &summary.results_file).await?;
     job.log(format!("report written: {report_path}"));
+    let rejects_path = write_rejects(job, summary, &report_path).await?;
     let ctx = EmailContext {
         tenant: job.tenant(),
         summary,
@@ -42,6 +45,9 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         source: plan.source,
         size: file.size,
         report_path: &report_path,
+        rejects: rejects_path
+            .as_deref()
+            .zip(summary.rejects.as_ref().map(|r| r.rows)),
         job_id: &job.context().job_id.to_string(),
     };
     let email_sent = match email(job, &ctx).await {
@@ -64,18 +70,8 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         "marker written: /tmp/{}",
         hash::marker_name(&sha1, plan.dry_run)
     ));
-    if plan.confirmed {
-        job.log(match guard::clear(job, &sha1).await {
-            Ok(()) => format!("confirmation used: {CONFIRM_PATH} and the held marker removed"),
-            Err(e) => format!("the confirmation could not be removed: {e}"),
-        });
-    }
-    if plan.force_full {
-        job.log(match job.remove(FULL_FLAG_PATH).await {
-            Ok(()) => format!("full re-push done: {FULL_FLAG_PATH} removed"),
-            Err(e) => format!("{FULL_FLAG_PATH} could not be removed: {e}"),
-        });
-    }
+    clear_requests(job, &plan, &sha1).await;
+    job.record.rejects_path = rejects_path;
     let (sha1, counts) = (sha1.to_string(), summary.counts.clone());
     job.found.outcome = Some(if plan.dry_run {
         Outcome::Verified {
@@ -93,6 +89,51 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         }
     });
     Ok(Step::Next)
+}
+
+/// The reject file's path next to its report (`….csv` → `….rejects.csv`).
+pub fn rejects_path_for(report_path: &str) -> String {
+    let stem = report_path.strip_suffix(".csv").unwrap_or(report_path);
+    format!("{stem}.rejects.csv")
+}
+
+/// Uploads the rows that ended invalid or failed next to the report; its path, if there were any.
+async fn write_rejects(
+    job: &JobRun<'_>,
+    summary: &ImportSummary,
+    report_path: &str,
+) -> Result<Option<String>, JobError> {
+    let Some(rejects) = &summary.rejects else {
+        return Ok(None);
+    };
+    let path = rejects_path_for(report_path);
+    job.put_file(&path, &rejects.path).await?;
+    job.log(format!(
+        "rejected rows written: {path} ({} rows, in the file's own format)",
+        rejects.rows
+    ));
+    Ok(Some(path))
+}
+
+/// Removes what the admin asked for once it is done: a confirmation, a full re-push, a re-run.
+async fn clear_requests(job: &JobRun<'_>, plan: &Plan, sha1: &Sha1Digest) {
+    if plan.confirmed {
+        job.log(match guard::clear(job, sha1).await {
+            Ok(()) => format!("confirmation used: {CONFIRM_PATH} and the held marker removed"),
+            Err(e) => format!("the confirmation could not be removed: {e}"),
+        });
+    }
+    for (asked, path, what) in [
+        (plan.force_full, FULL_FLAG_PATH, "full re-push"),
+        (plan.rerun, RERUN_PATH, "re-run"),
+    ] {
+        if asked {
+            job.log(match job.remove(path).await {
+                Ok(()) => format!("{what} done: {path} removed"),
+                Err(e) => format!("{path} could not be removed: {e}"),
+            });
+        }
+    }
 }
 
 /// The subject: tenant, outcome and counts, readable in an inbox list.
@@ -120,6 +161,8 @@ pub struct EmailContext<'a> {
     pub source: &'a str,
     pub size: u64,
     pub report_path: &'a str,
+    /// The reject file's path and its number of rows, when rows were rejected.
+    pub rejects: Option<(&'a str, u64)>,
     pub job_id: &'a str,
 }
 
@@ -187,12 +230,36 @@ pub fn body(ctx: &EmailContext<'_>) -> String {
         }
         b.push('\n');
     }
+    if let Some((path, rows)) = ctx.rejects {
+        b.push_str(&rejects_note(path, rows, ctx.tenant.import.full_sync));
+    }
     b.push_str(&format!(
         "The record-by-record report is attached and kept on your FTPS account as {}.\n\
          The progress log is /log/user-import.log.\n",
         ctx.report_path
     ));
     b
+}
+
+/// How to fix the rejected rows: the reject file, then one re-upload (not with full sync, which
+/// would deactivate every managed user absent from so short a file).
+fn rejects_note(path: &str, rows: u64, full_sync: bool) -> String {
+    let head = format!(
+        "To fix them: the {rows} rows that were invalid or failed are in {path},\n\
+         in your file's own format (its header and delimiter). "
+    );
+    if full_sync {
+        return format!(
+            "{head}Your tenant uses full sync: do NOT\n\
+             upload that file on its own (every user absent from it would be deactivated); correct\n\
+             those rows in your full export and upload that.\n\n"
+        );
+    }
+    format!(
+        "{head}Correct those rows there (the\n\
+         report says what is wrong with each) and upload that file as {UPLOAD_PATH}:\n\
+         the next run imports them.\n\n"
+    )
 }
 
 fn problem_line(p: &RowResult) -> String {
@@ -235,4 +302,29 @@ async fn email(job: &JobRun<'_>, ctx: &EmailContext<'_>) -> Result<(), String> {
         attachment,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reject_file_sits_next_to_its_report_and_full_sync_is_warned_off_uploading_it() {
+        let report = "/reports/user-import-20260101T000000Z-abcdef12.csv";
+        let rejects = rejects_path_for(report);
+        assert_eq!(
+            rejects,
+            "/reports/user-import-20260101T000000Z-abcdef12.rejects.csv"
+        );
+        let plain = rejects_note(&rejects, 3, false);
+        assert!(
+            plain.contains("upload that file as /uploads/user-import.csv"),
+            "{plain}"
+        );
+        let synced = rejects_note(&rejects, 3, true);
+        assert!(
+            synced.contains("do NOT") && !synced.contains("upload that file as"),
+            "{synced}"
+        );
+    }
 }

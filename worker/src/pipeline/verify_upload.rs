@@ -28,8 +28,7 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     job.found.plan = Plan {
         source: VERIFY_UPLOAD_PATH,
         dry_run: true,
-        confirmed: false,
-        force_full: false,
+        ..Plan::default()
     };
     Ok(Step::Next)
 }
