@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet deploy-check monitoring-check image otlp-dump chaos chaos-long
+.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet bench-scale deploy-check monitoring-check image otlp-dump chaos chaos-long
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-pipeline: ## pipeline benchmarks (FTPS fetch+hash vs curl, import rate, pe
 
 bench-fleet: ## fleet benchmarks (publish 10k jobs, publish->start latency, 1/2/4 workers); see BENCHMARKS.md
 	scripts/bench-fleet.sh
+
+bench-scale: ## fleet at scale (2,000 tenants, 3 schedulers, workers scaled 1->4, three rounds); see BENCHMARKS.md
+	scripts/bench-scale.sh
 
 deploy-check: ## render + validate the Kubernetes overlays, lint YAML and Dockerfile, checkov, self-check (offline)
 	scripts/deploy-check.sh

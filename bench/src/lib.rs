@@ -13,6 +13,7 @@
 
 pub mod csvgen;
 pub mod fetch;
+pub mod fleet;
 pub mod import;
 pub mod proc;
 pub mod stats;

@@ -87,7 +87,7 @@ async fn run() -> Result<()> {
         args.tenants > 0 && args.rows > 0 && args.prefetch > 0,
         "sizes must be positive"
     );
-    machine();
+    bench::fleet::print_machine();
     if args.only.iter().any(|o| o == "publish") {
         publish(args.publish).await?;
     }
@@ -98,25 +98,6 @@ async fn run() -> Result<()> {
         throughput(&args).await?;
     }
     Ok(())
-}
-
-fn machine() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {cpu}, {cores} cores; load average at start: {}",
-        load.trim()
-    );
-    println!("date: {}", Utc::now().format("%Y-%m-%d %H:%M UTC"));
 }
 
 /// 1. `scheduler once` for `n` tenants.
@@ -171,25 +152,12 @@ async fn publish(n: usize) -> Result<()> {
     );
     fleet_env::delete_topology(&ch, &topology).await;
     let _ = conn.close(200, "done".into()).await;
-    delete_keys(&settings.redis.key_prefix).await?;
+    bench::fleet::delete_keys(&settings.redis.key_prefix).await?;
     ensure!(
         report.published.len() == n && depth as usize == n,
         "expected {n} jobs published and queued, got {} published and {depth} queued",
         report.published.len()
     );
-    Ok(())
-}
-
-async fn delete_keys(prefix: &str) -> Result<()> {
-    let client = redis::Client::open(harness::redis_url())?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut con)
-        .await?;
-    for chunk in keys.chunks(500) {
-        let _: i64 = redis::cmd("DEL").arg(chunk).query_async(&mut con).await?;
-    }
     Ok(())
 }
 
@@ -250,7 +218,7 @@ async fn latency(n: usize) -> Result<()> {
     let _ = conn.close(200, "done".into()).await;
     worker.shutdown().await;
     env.cleanup().await;
-    delete_keys(&env.prefix).await?;
+    bench::fleet::delete_keys(&env.prefix).await?;
     samples.sort();
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     println!(
@@ -310,68 +278,6 @@ async fn throughput(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) used so far by this process and every process below it (vsftpd
-/// and its sessions), reaped ones included (through their parents' `cutime`/`cstime`).
-fn tree_cpu_secs() -> (f64, f64) {
-    let me = std::process::id();
-    let mut stats = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) in parentheses.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // rest[0] = state, [1] = ppid, [11..=14] = utime stime cutime cstime.
-        stats.push((pid, num(1) as u32, num(11) + num(12) + num(13) + num(14)));
-    }
-    let mut tree = std::collections::HashSet::from([me]);
-    loop {
-        let before = tree.len();
-        for (pid, ppid, _) in &stats {
-            if tree.contains(ppid) {
-                tree.insert(*pid);
-            }
-        }
-        if tree.len() == before {
-            break;
-        }
-    }
-    let ticks: u64 = stats
-        .iter()
-        .filter(|(pid, _, _)| tree.contains(pid))
-        .map(|(_, _, t)| t)
-        .sum();
-    let own = stats
-        .iter()
-        .find(|(pid, _, _)| *pid == me)
-        .map_or(0, |(_, _, t)| *t);
-    // USER_HZ: 100 on Linux. (whole tree, this process alone)
-    (ticks as f64 / 100.0, own as f64 / 100.0)
-}
-
-/// (busy, total) jiffies of all cores, from /proc/stat.
-fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = cpu.iter().take(8).sum();
-    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
 struct RunFigures {
     took: Duration,
     cpu_secs: f64,
@@ -426,8 +332,8 @@ async fn throughput_run(args: &Args, workers: usize) -> Result<RunFigures> {
         );
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (cpu_before, own_before) = tree_cpu_secs();
-    let machine_before = machine_jiffies();
+    let (cpu_before, own_before) = bench::fleet::tree_cpu_secs();
+    let machine_before = bench::fleet::machine_jiffies();
     let started = Instant::now();
     let handles: Vec<_> = (0..workers)
         .map(|w| env.spawn_worker(&format!("bench-w{w}"), tx.clone()))
@@ -460,10 +366,10 @@ async fn throughput_run(args: &Args, workers: usize) -> Result<RunFigures> {
         }
     }
     let took = started.elapsed();
-    let (cpu_after, own_after) = tree_cpu_secs();
+    let (cpu_after, own_after) = bench::fleet::tree_cpu_secs();
     let cpu_secs = cpu_after - cpu_before;
     let own_cpu_secs = own_after - own_before;
-    let machine_after = machine_jiffies();
+    let machine_after = bench::fleet::machine_jiffies();
     let machine_busy = (machine_after.0 - machine_before.0) as f64
         / (machine_after.1 - machine_before.1).max(1) as f64;
     for h in handles {
@@ -480,7 +386,7 @@ async fn throughput_run(args: &Args, workers: usize) -> Result<RunFigures> {
         })
         .sum();
     env.cleanup().await;
-    delete_keys(&env.prefix).await?;
+    bench::fleet::delete_keys(&env.prefix).await?;
     ensure!(
         imported == args.tenants * args.rows,
         "the fake holds {imported} imported users, expected {}",
