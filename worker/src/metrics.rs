@@ -64,7 +64,7 @@ struct KindLabels {
 }
 
 /// Every `result` of `worker_rows_total`.
-const ROW_RESULTS: [&str; 7] = [
+const ROW_RESULTS: [&str; 8] = [
     "created",
     "updated",
     "unchanged",
@@ -72,6 +72,7 @@ const ROW_RESULTS: [&str; 7] = [
     "failed",
     "unconfirmed",
     "deactivated",
+    "protected",
 ];
 
 /// From 10 ms (a marker check) to an hour (a very large import).
@@ -290,6 +291,7 @@ impl WorkerMetrics {
             ("failed", counts.failed),
             ("unconfirmed", counts.unconfirmed),
             ("deactivated", counts.deactivated),
+            ("protected", counts.protected),
         ] {
             self.rows.get_or_create(&ResultLabels { result }).inc_by(n);
         }

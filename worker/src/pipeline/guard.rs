@@ -151,14 +151,11 @@ pub async fn hold(job: &JobRun<'_>, h: Held) -> Result<Step, JobError> {
     let mail = Mail {
         subject: subject(job.tenant(), &h),
         body: body(job.tenant(), &h, &file.sha1, file.size),
-        attachment: None,
+        ..Mail::default()
     };
     let email_sent = match job.email(mail).await {
         Ok(()) => {
-            job.log(format!(
-                "the nominated admin ({}) was emailed how to confirm",
-                job.tenant().admin.username
-            ));
+            job.log(format!("emailed {} how to confirm", job.recipients()));
             true
         }
         Err(why) => {

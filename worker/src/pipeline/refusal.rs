@@ -6,7 +6,7 @@
 //! upload (another SHA1) runs at the next tick.
 
 use crate::job::{JobRun, Mail};
-use crate::layout::{MARKER_DIR, UPLOAD_PATH};
+use crate::layout::{MARKER_DIR, UNDO_PATH, UPLOAD_PATH};
 use crate::outcome::Permanent;
 
 /// The name of a refused version's marker.
@@ -18,7 +18,7 @@ pub fn marker_name(sha1: &str) -> String {
 pub fn is_refusal(p: &Permanent) -> bool {
     matches!(
         p,
-        Permanent::UnreadableFile(_) | Permanent::AccountRefused(_)
+        Permanent::UnreadableFile(_) | Permanent::AccountRefused(_) | Permanent::UndoRefused(_)
     )
 }
 
@@ -75,13 +75,10 @@ pub async fn tell(job: &JobRun<'_>, why: &Permanent) {
             why.reason()
         ),
         body: body(job, why, file.size, &sha1),
-        attachment: None,
+        ..Mail::default()
     };
     job.log(match job.email(mail).await {
-        Ok(()) => format!(
-            "the nominated admin ({}) was emailed why the file was refused",
-            job.tenant().admin.username
-        ),
+        Ok(()) => format!("emailed {} why the file was refused", job.recipients()),
         Err(e) => format!("the refusal email could not be sent: {e}"),
     });
 }
@@ -92,6 +89,7 @@ fn body(job: &JobRun<'_>, why: &Permanent, size: u64, sha1: &str) -> String {
             "could not finish: your FTP account refused a write. What the log and the report say \
              was done is done; the rest was not"
         }
+        Permanent::UndoRefused(_) => "REFUSED the undo request: nothing was changed",
         _ => "REFUSED the file: nothing was changed",
     };
     let what_to_do = match why {
@@ -100,6 +98,11 @@ fn body(job: &JobRun<'_>, why: &Permanent, size: u64, sha1: &str) -> String {
              /reports must be writable, and the account must have free space). Once that is\n\
              fixed, upload the file again with any change (a new version), or ask your support\n\
              contact to clear the refusal of {sha1}."
+        ),
+        Permanent::UndoRefused(_) => format!(
+            "Nothing was undone. {UNDO_PATH} must name the job id or the file SHA1 of a run\n\
+             within the undo retention that was not undone before (both are in the run's report\n\
+             email). This request will not be tried again; upload a corrected one to undo a run."
         ),
         _ => format!(
             "Nothing was imported. Correct the file (docs: the user import file format) and\n\

@@ -30,6 +30,7 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
         dry_run: true,
         confirmed: false,
         force_full: false,
+        undo: false,
     };
     Ok(Step::Next)
 }
