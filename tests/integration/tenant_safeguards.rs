@@ -113,6 +113,20 @@ async fn each_notify_recipient_gets_the_report_and_the_admin_only_acts() {
         "{}",
         env.log()
     );
+
+    // A refusal goes to the same list.
+    env.upload("Name,Surname\nAda,Lovelace\n");
+    let refused = env.run().await;
+    assert!(refused.is_err(), "{refused:?}");
+    for address in [&hr, &it] {
+        let mails: Vec<ReceivedMail> = smtp
+            .wait_for_messages(address, 4, std::time::Duration::from_secs(20))
+            .await
+            .into_iter()
+            .filter(|m| m.envelope_to.contains(address) && m.subject.contains("REFUSED"))
+            .collect();
+        assert_eq!(mails.len(), 1, "the refusal reached {address}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,16 +76,23 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     job.found.imported = Some(summary);
     // The results file lives as long as the run: the report uploads and attaches it.
     job.found.results = Some(results);
-    if let Some((file, journal)) = journal {
-        let (changes, complete) = journal.finish();
-        job.log(if complete {
-            format!("undo journal: {changes} users changed")
-        } else {
-            format!("undo journal: {changes} users changed, some could not be recorded: this run cannot be fully undone")
-        });
-        job.found.journal = Some(file);
+    if let Some(journal) = journal {
+        keep_journal(job, journal);
     }
     Ok(Step::Next)
+}
+
+/// The journal, complete: kept for the report, which puts it on the account.
+fn keep_journal(job: &mut JobRun<'_>, (file, journal): (tempfile::NamedTempFile, Arc<Journal>)) {
+    let (changes, complete) = journal.finish();
+    job.log(if complete {
+        format!("undo journal: {changes} users changed")
+    } else {
+        format!(
+            "undo journal: {changes} users changed, some could not be recorded: this run cannot be fully undone"
+        )
+    });
+    job.found.journal = Some(file);
 }
 
 /// The local file the per-row results go to.
