@@ -563,3 +563,83 @@ async fn an_undo_over_the_guards_threshold_is_held_until_confirmed() {
             .all(|u| u.state == DEACTIVATED)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_gives_a_renamed_user_its_old_name_and_fields_back() {
+    let env = TenantEnv::new().await;
+    env.fake.insert_user(
+        &env.domain,
+        user("ada", "Ada", "Byron", "Engineering").with_group("Staff"),
+    );
+    let before = env.fake.users(&env.domain);
+    env.upload(
+        "Username,New username,First name,Surname,Email address,Department,Groups\n\
+         ada,ada.lovelace,Ada,Lovelace,ada@example.org,Engineering,Staff;Pioneers\n",
+    );
+    assert_eq!(env.run_imported().await.updated, 1);
+    assert!(env.fake.user(&env.domain, "ada.lovelace").is_some());
+    let job_id = latest_summary(&env)["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    request_undo(&env, &job_id);
+    let counts = env.run_imported().await;
+    assert_eq!(
+        (counts.rows, counts.updated),
+        (1, 1),
+        "{counts:?}\n{}",
+        env.log()
+    );
+    assert_eq!(
+        env.fake.users(&env.domain),
+        before,
+        "the old name, surname and groups are back\n{}",
+        env.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_of_a_run_older_than_the_retention_is_refused_with_an_email() {
+    let env = TenantEnv::new().await;
+    env.upload(&format!(
+        "{HEADER}\nada,Ada,Lovelace,ada@example.org,Sales,,\n"
+    ));
+    let Ok(Outcome::Imported { sha1, .. }) = env.run().await else {
+        panic!("imported\n{}", env.log());
+    };
+    // The run's journal, as it would be named had the run been in 2020.
+    let journal = env
+        .account
+        .list("reports")
+        .into_iter()
+        .find(|n| n.ends_with(".undo.jsonl"))
+        .unwrap_or_else(|| panic!("no journal: {:?}", env.account.list("reports")));
+    let text = env
+        .account
+        .read(&format!("reports/{journal}"))
+        .unwrap_or_default();
+    env.account.remove(&format!("reports/{journal}"));
+    env.account.put(
+        &format!(
+            "reports/user-import-20200101T000000Z-{}.undo.jsonl",
+            &sha1[..12]
+        ),
+        &text,
+    );
+    request_undo(&env, &sha1);
+    env.fake.reset_calls();
+    let refused = env.run().await;
+    assert!(
+        matches!(&refused, Err(worker::JobError::Permanent(worker::outcome::Permanent::UndoRefused(why))) if why.contains("older than the undo retention of 30 days")),
+        "{refused:?}\n{}",
+        env.log()
+    );
+    assert_eq!(env.fake.calls(&env.domain).writes(), 0);
+    let mails = env.mails(2).await;
+    assert!(mails[1].subject.contains("REFUSED"), "{}", mails[1].subject);
+    assert_eq!(
+        env.fake.user(&env.domain, "ada").map(|u| u.state),
+        Some(ACTIVATED.into())
+    );
+}
