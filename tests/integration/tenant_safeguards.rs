@@ -566,7 +566,13 @@ async fn an_undo_over_the_guards_threshold_is_held_until_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undo_gives_a_renamed_user_its_old_name_and_fields_back() {
-    let env = TenantEnv::new().await;
+    // With skip_unchanged, the undo also forgets the row's fingerprint: the same row is sent
+    // again by the next import.
+    let env = TenantEnv::with(Options {
+        tenant_import: "skip_unchanged = true".into(),
+        ..Options::default()
+    })
+    .await;
     env.fake.insert_user(
         &env.domain,
         user("ada", "Ada", "Byron", "Engineering").with_group("Staff"),
@@ -597,6 +603,15 @@ async fn an_undo_gives_a_renamed_user_its_old_name_and_fields_back() {
         "the old name, surname and groups are back\n{}",
         env.log()
     );
+
+    // The same row again (a new version of the file): applied again, not skipped.
+    env.upload(
+        "Username,New username,First name,Surname,Email address,Department,Groups\n\
+         ada,ada.lovelace,Ada,Lovelace,ada@example.org,Engineering,Staff;Pioneers\n\n",
+    );
+    let counts = env.run_imported().await;
+    assert_eq!(counts.updated, 1, "{counts:?}\n{}", env.log());
+    assert!(env.fake.user(&env.domain, "ada.lovelace").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

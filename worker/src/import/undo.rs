@@ -342,6 +342,9 @@ impl UndoContext<'_> {
             Change::Created { username, .. } => self.deactivate_created(username, &mut steps).await,
             Change::Changed { .. } => self.restore(&change, &mut steps).await,
         };
+        if !steps.is_empty() {
+            self.forget(&change).await?;
+        }
         let action = if steps.is_empty() {
             "none".to_owned()
         } else {
@@ -465,6 +468,37 @@ impl UndoContext<'_> {
             "restored as before the run"
         };
         Ok((status, note.into()))
+    }
+
+    /// The fleet's memory of the user follows the undo: its row fingerprint is forgotten (so the
+    /// same row is sent again by the next import) and a user the run created is no longer
+    /// managed by full sync.
+    async fn forget(&self, change: &Change) -> Result<(), ImportError> {
+        let (store, tenant) = (&self.params.store, self.params.tenant.as_str());
+        let options = &self.params.options;
+        let names: Vec<&str> = match change {
+            Change::Created { username, .. } => vec![username],
+            Change::Changed {
+                username,
+                renamed_from,
+                ..
+            } => std::iter::once(username.as_str())
+                .chain(renamed_from.as_deref())
+                .collect(),
+        };
+        if options.skip_unchanged {
+            for name in &names {
+                store.forget(tenant, name).await?;
+            }
+        }
+        if options.full_sync
+            && let Change::Created { username, .. } = change
+        {
+            store
+                .unmanage(tenant, std::slice::from_ref(username))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn state(&self, uid: &str, change: StateChange) -> Result<(), Failure> {
