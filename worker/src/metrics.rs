@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `worker_jobs_total{disposition, reason}` | deliveries handled, by what happened to them and why |
 //! | `worker_stage_duration_seconds{stage}` | time in `fetch`, `hash`, `import`, `report` (histogram) |
-//! | `worker_rows_total{result}` | rows of imported files: `created`, `updated`, `unchanged`, `invalid`, `failed`, `unconfirmed` |
+//! | `worker_rows_total{result}` | rows of imported files: `created`, `updated`, `unchanged`, `invalid`, `failed`, `unconfirmed`, `deactivated`, `protected` |
 //! | `worker_api_requests_total` | HTTP requests to the platform API (attempts) |
 //! | `worker_api_retries_total` | attempts that were retries |
 //! | `worker_api_rate_limited_total` | `429` answers |
