@@ -205,12 +205,27 @@ pub fn deactivated_absent(uid: &str) -> Change {
     }
 }
 
-/// Reads the journal's header line.
+/// Reads the journal's header line. The journal is on the tenant's account, where it can be
+/// edited: a header whose job id, SHA1 or time is not one is refused, so none of its text reaches
+/// an email unchecked.
 pub fn read_header(journal: &Path) -> Result<JournalHeader, ImportError> {
     let mut first = String::new();
     std::io::BufReader::new(std::fs::File::open(journal)?).read_line(&mut first)?;
-    serde_json::from_str(&first)
-        .map_err(|e| ImportError::Unreadable(format!("the undo journal's header: {e}")))
+    let bad = |what: &str| ImportError::Unreadable(format!("the undo journal's header: {what}"));
+    let header: JournalHeader = serde_json::from_str(&first).map_err(|e| bad(&e.to_string()))?;
+    if header.undo_journal != 1 {
+        return Err(bad("an unknown format"));
+    }
+    if uuid::Uuid::parse_str(&header.job_id).is_err() {
+        return Err(bad("the job id is not one"));
+    }
+    if shared::Sha1Digest::parse(&header.sha1).is_err() {
+        return Err(bad("the SHA1 is not one"));
+    }
+    if chrono::DateTime::parse_from_rfc3339(&header.started_at).is_err() {
+        return Err(bad("the start time is not one"));
+    }
+    Ok(header)
 }
 
 /// The journal's changes, in order (the header skipped).
@@ -618,6 +633,27 @@ mod tests {
                 username: "bob".into()
             })
         );
+    }
+
+    #[test]
+    fn a_header_that_is_not_one_is_refused() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("j.jsonl");
+        let good = JournalHeader {
+            undo_journal: 1,
+            job_id: "0b6f3f1e-1b7a-4c52-9d4e-6c1f0e7a2b11".into(),
+            sha1: "ab".repeat(20),
+            started_at: "2026-03-02T06:00:00+00:00".into(),
+        };
+        drop(Journal::create(&path, &good)?);
+        assert_eq!(read_header(&path).ok(), Some(good.clone()));
+        let tampered = JournalHeader {
+            job_id: "x\r\nBcc: evil@attacker.example".into(),
+            ..good
+        };
+        drop(Journal::create(&path, &tampered)?);
+        assert!(read_header(&path).is_err());
+        Ok(())
     }
 
     #[test]
