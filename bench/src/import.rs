@@ -166,6 +166,7 @@ pub async fn run_pass_with(
         tenant: tenant.name.to_string(),
         admin: tenant.admin.username.clone(),
         store,
+        journal: None,
     };
     let results: PathBuf = tempfile::Builder::new()
         .prefix("bench-results-")

@@ -109,6 +109,7 @@ async fn import_one(
             },
         )
         .unwrap_or_else(|e| panic!("{e}")),
+        journal: None,
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let local = dir.path().join("user-import.csv");

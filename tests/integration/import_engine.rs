@@ -103,6 +103,7 @@ pub(crate) async fn import_with(
         tenant: tenant.to_owned(),
         admin: "admin".into(),
         store,
+        journal: None,
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let local = dir.path().join("user-import.csv");

@@ -123,7 +123,7 @@ async fn after_the_lock_is_lost_no_write_of_any_kind_reaches_its_server() {
         .email(Mail {
             subject: "late".into(),
             body: "late".into(),
-            attachment: None,
+            ..Mail::default()
         })
         .await;
     assert!(mailed.is_err(), "email: {mailed:?}");

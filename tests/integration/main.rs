@@ -17,6 +17,8 @@
 //! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
+//! - `tenant_safeguards`: the tenant admin stays in control: `notify` recipients, protected
+//!   users, the report email's HTML part (parsed, injection from the file), undoing a run.
 //! - `tenant_files`: what tenant admins get around the import: upload completeness, the archive,
 //!   the run summary JSON, and alert emails (no new file, refused logins).
 //! - `scheduler`: ticks published once per tenant, with replicas, catch-up and claims.
@@ -60,4 +62,5 @@ mod security;
 mod services;
 mod tenant_files;
 mod tenant_options;
+mod tenant_safeguards;
 mod transports;

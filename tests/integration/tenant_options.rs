@@ -423,6 +423,8 @@ async fn full_sync_deactivates_managed_users_absent_from_the_file_but_never_the_
     let admin = format!("{}.admin", env.tenant());
     env.fake
         .insert_user(&env.domain, user("outsider", "Out", "Sider", "Sales"));
+    env.fake
+        .insert_user(&env.domain, user(&admin, "The", "Admin", "Support"));
     env.upload(&format!(
         "{HEADER}\n\
          {admin},The,Admin,admin@example.org,Support,,\n\
@@ -430,7 +432,9 @@ async fn full_sync_deactivates_managed_users_absent_from_the_file_but_never_the_
          alan,Alan,Turing,alan@example.org,Engineering,,\n\
          grace,Grace,Hopper,grace@example.org,Support,,\n"
     ));
-    assert_eq!(env.run_imported().await.created, 4);
+    let counts = env.run_imported().await;
+    // The admin's row is never applied: the nominated admin is a protected user.
+    assert_eq!((counts.created, counts.protected), (3, 1), "{counts:?}");
 
     // The next file: only ada, and a row that is invalid for grace (she stays).
     env.upload(&format!(

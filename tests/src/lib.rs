@@ -32,7 +32,7 @@ pub use servers::ftps::{FtpAccount, FtpsServer, PASV_ADDRESS, ftps};
 pub use servers::proftpd::{ProftpdAccount, ProftpdServer, proftpd, proftpd_tls12};
 pub use servers::rabbitmq::{PrivateBroker, private_broker};
 pub use servers::sftp::{SftpAccount, SftpServer, sftp};
-pub use servers::smtp::{ReceivedMail, SmtpSink, smtp};
+pub use servers::smtp::{HtmlDoc, ReceivedMail, SmtpSink, parse_html, smtp};
 
 /// The broker for tests: env `UI_TEST_AMQP_URL`, else the machine's RabbitMQ.
 pub fn amqp_url() -> String {

@@ -1,4 +1,4 @@
-//! Report emails to the tenant's nominated admin, over SMTP with STARTTLS, implicit TLS, or (for a
+//! Report emails to the tenant's recipients (`notify`, the nominated admin by default), over SMTP with STARTTLS, implicit TLS, or (for a
 //! local sink only) none. The transport and its connection pool are built once at start-up.
 //!
 //! The report attachment is a zipped CSV ([`attachment_from_file`]): the results file is streamed
@@ -11,11 +11,12 @@ use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use shared::EmailAddress;
 use shared::settings::{SmtpSettings, SmtpTls};
 
@@ -137,53 +138,98 @@ impl Mailer {
         })
     }
 
-    /// Sends one message; tries `attempts` times with a growing pause between tries.
+    /// Sends one message to every recipient (all named in its `To` header, each its own SMTP
+    /// envelope so that one refused address does not keep the others from getting it); tries each
+    /// `attempts` times with a growing pause between tries. `Err` when nobody got it.
     pub async fn send(
         &self,
-        to: &EmailAddress,
-        subject: &str,
-        body: String,
-        attachment: Option<MailAttachment>,
+        to: &[EmailAddress],
+        mail: Mail,
         attempts: u32,
-    ) -> Result<(), MailError> {
-        let to: Mailbox = to
-            .as_str()
-            .parse()
-            .map_err(|e| MailError::Build(format!("recipient: {e}")))?;
+    ) -> Result<Delivery, MailError> {
+        let recipients = to
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .parse::<Address>()
+                    .map_err(|e| MailError::Build(format!("recipient: {e}")))
+            })
+            .collect::<Result<Vec<Address>, MailError>>()?;
+        if recipients.is_empty() {
+            return Err(MailError::Build("no recipient".into()));
+        }
+        let message = self.build(&recipients, mail)?;
+        // Formatted once and the message dropped: one copy of a large attachment in memory
+        // while sending, not one per attempt or recipient.
+        let raw = message.formatted();
+        drop(message);
+        let mut delivery = Delivery::default();
+        for to in recipients {
+            let envelope = Envelope::new(self.from.email.clone().into(), vec![to.clone()])
+                .map_err(|e| MailError::Build(e.to_string()))?;
+            match self.send_raw(&envelope, &raw, attempts).await {
+                Ok(()) => delivery.delivered.push(to.to_string()),
+                Err(why) => delivery.failed.push((to.to_string(), why)),
+            }
+        }
+        if delivery.delivered.is_empty() {
+            let why: Vec<String> = delivery
+                .failed
+                .iter()
+                .map(|(to, why)| format!("{to}: {why}"))
+                .collect();
+            return Err(MailError::Send(why.join("; ")));
+        }
+        Ok(delivery)
+    }
+
+    /// The message: the text (and, when there is one, its HTML alternative), then the attachment.
+    fn build(&self, to: &[Address], mail: Mail) -> Result<Message, MailError> {
         // Subjects are built from counts and validated names, but never let a line break through.
-        let subject: String = subject.chars().filter(|c| !c.is_control()).collect();
+        let subject: String = mail.subject.chars().filter(|c| !c.is_control()).collect();
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        for address in to {
+            builder = builder.to(Mailbox::new(None, address.clone()));
+        }
         let text = SinglePart::builder()
             .header(ContentType::TEXT_PLAIN)
-            .body(body);
-        let builder = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(subject);
-        let message = match attachment {
+            .body(mail.body);
+        let html = mail.html.map(|html| {
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html)
+        });
+        let attachment = match mail.attachment {
             Some(a) => {
                 let ct = ContentType::parse(a.content_type)
                     .map_err(|e| MailError::Build(e.to_string()))?;
-                builder.multipart(
-                    MultiPart::mixed()
-                        .singlepart(text)
-                        .singlepart(Attachment::new(a.filename).body(a.bytes, ct)),
-                )
+                Some(Attachment::new(a.filename).body(a.bytes, ct))
             }
-            None => builder.singlepart(text),
+            None => None,
+        };
+        match (html, attachment) {
+            (None, None) => builder.singlepart(text),
+            (None, Some(a)) => builder.multipart(MultiPart::mixed().singlepart(text).singlepart(a)),
+            (Some(html), None) => {
+                builder.multipart(MultiPart::alternative().singlepart(text).singlepart(html))
+            }
+            (Some(html), Some(a)) => builder.multipart(
+                MultiPart::mixed()
+                    .multipart(MultiPart::alternative().singlepart(text).singlepart(html))
+                    .singlepart(a),
+            ),
         }
-        .map_err(|e| MailError::Build(e.to_string()))?;
-        // Formatted once and the message dropped: one copy of a large attachment in memory
-        // while sending, not one per attempt.
-        let envelope = message.envelope().clone();
-        let raw = message.formatted();
-        drop(message);
+        .map_err(|e| MailError::Build(e.to_string()))
+    }
+
+    /// One envelope, tried `attempts` times; a permanent refusal (5xx) is not tried again.
+    async fn send_raw(&self, envelope: &Envelope, raw: &[u8], attempts: u32) -> Result<(), String> {
         let mut last = String::new();
         for attempt in 1..=attempts.max(1) {
-            match self.transport.send_raw(&envelope, &raw).await {
+            match self.transport.send_raw(envelope, raw).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     last = e.to_string();
-                    // A permanent SMTP refusal (5xx) will not pass by waiting.
                     if e.is_permanent() {
                         break;
                     }
@@ -193,8 +239,43 @@ impl Mailer {
                 }
             }
         }
-        Err(MailError::Send(last))
+        Err(last)
     }
+}
+
+/// A message for the tenant's recipients: a plain-text body, and optionally an HTML alternative
+/// of it and an attachment.
+#[derive(Debug, Default)]
+pub struct Mail {
+    pub subject: String,
+    pub body: String,
+    /// The same content as HTML (every value from the file escaped), sent beside the text.
+    pub html: Option<String>,
+    pub attachment: Option<MailAttachment>,
+}
+
+/// Who got a message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivered: Vec<String>,
+    /// Recipients that did not get it, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// `text` with `&`, `<`, `>`, `"` and `'` escaped, for an HTML text node or attribute value.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub const FULL_FLAG_PATH: &str = "/uploads/user-import.full";
 pub const RERUN_PATH: &str = "/uploads/user-import.rerun";
 /// The admin's confirmation of a file held by the mass-change guard.
 pub const CONFIRM_PATH: &str = "/uploads/user-import.confirm";
+/// The admin's request to undo a run: a text file naming its job id or its file's SHA1.
+pub const UNDO_PATH: &str = "/uploads/user-import.undo";
 /// The markers: `<sha1>.sha1` (imported), `<sha1>.verified`, `<sha1>.held`.
 pub const MARKER_DIR: &str = "/tmp";
 pub const REPORTS_DIR: &str = "/reports";

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `worker_jobs_total{disposition, reason}` | deliveries handled, by what happened to them and why |
 //! | `worker_stage_duration_seconds{stage}` | time in `fetch`, `hash`, `import`, `report` (histogram) |
-//! | `worker_rows_total{result}` | rows of imported files: `created`, `updated`, `unchanged`, `invalid`, `failed`, `unconfirmed` |
+//! | `worker_rows_total{result}` | rows of imported files: `created`, `updated`, `unchanged`, `invalid`, `failed`, `unconfirmed`, `deactivated`, `protected` |
 //! | `worker_api_requests_total` | HTTP requests to the platform API (attempts) |
 //! | `worker_api_retries_total` | attempts that were retries |
 //! | `worker_api_rate_limited_total` | `429` answers |
@@ -64,7 +64,7 @@ struct KindLabels {
 }
 
 /// Every `result` of `worker_rows_total`.
-const ROW_RESULTS: [&str; 7] = [
+const ROW_RESULTS: [&str; 8] = [
     "created",
     "updated",
     "unchanged",
@@ -72,6 +72,7 @@ const ROW_RESULTS: [&str; 7] = [
     "failed",
     "unconfirmed",
     "deactivated",
+    "protected",
 ];
 
 /// From 10 ms (a marker check) to an hour (a very large import).
@@ -290,6 +291,7 @@ impl WorkerMetrics {
             ("failed", counts.failed),
             ("unconfirmed", counts.unconfirmed),
             ("deactivated", counts.deactivated),
+            ("protected", counts.protected),
         ] {
             self.rows.get_or_create(&ResultLabels { result }).inc_by(n);
         }

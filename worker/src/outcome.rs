@@ -22,6 +22,8 @@ pub struct Counts {
     pub deactivated: u64,
     /// Rows whose `Account state` deactivated an existing user (not counted in `updated`).
     pub deactivated_by_state: u64,
+    /// Rows for protected users (`import.protected_users`, the nominated admin): never changed.
+    pub protected: u64,
 }
 
 impl Counts {
@@ -129,6 +131,9 @@ pub enum Permanent {
     AccountRefused(String),
     #[error("the server's host key is not the pinned one: {0}")]
     HostKey(String),
+    /// `/uploads/user-import.undo` cannot be carried out (no such run, too old, undone before).
+    #[error("the undo cannot be done: {0}")]
+    UndoRefused(String),
 }
 
 impl Permanent {
@@ -145,6 +150,7 @@ impl Permanent {
             Permanent::ApiProtocol(_) => "api-protocol",
             Permanent::AccountRefused(_) => "account-refused",
             Permanent::HostKey(_) => "host-key-refused",
+            Permanent::UndoRefused(_) => "undo-refused",
         }
     }
 }

@@ -81,7 +81,7 @@ enum Kind {
 }
 
 fn kind(args: &Args, i: usize) -> Kind {
-    if i % args.new_every == 0 {
+    if i.is_multiple_of(args.new_every) {
         Kind::New
     } else if i % args.refused_every == 1 {
         Kind::Refused
@@ -183,7 +183,10 @@ async fn rounds(args: &Args, env: &FleetEnv) -> Result<()> {
                 }
             }
         }
-        let midnight = Utc::now().date_naive().and_hms_opt(0, 0, 0).context("midnight")?;
+        let midnight = Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .context("midnight")?;
         let tick = midnight.and_utc() + Days::new(round);
         let figures = one_round(args, env, &schedulers, &tx, &mut rx, round, tick).await?;
         finish.push(figures);
@@ -249,7 +252,11 @@ async fn one_round(
     let mut jobs = HashSet::new();
     let (mut busy, mut already) = (0, 0);
     for report in &polls {
-        ensure!(report.failed.is_empty(), "ticks failed: {:?}", report.failed);
+        ensure!(
+            report.failed.is_empty(),
+            "ticks failed: {:?}",
+            report.failed
+        );
         jobs.extend(report.jobs.iter().map(|j| j.job_id.to_string()));
         busy += report.busy.len();
         already += report.already_published.len();
@@ -344,7 +351,12 @@ async fn drain(
     let deadline = started + Duration::from_secs(1800);
     while done.len() < jobs.len() {
         let now = Instant::now();
-        ensure!(now < deadline, "{} of {} jobs ended in 30 min", done.len(), jobs.len());
+        ensure!(
+            now < deadline,
+            "{} of {} jobs ended in 30 min",
+            done.len(),
+            jobs.len()
+        );
         if now >= next_sample || now >= next_look {
             let depth = env.queued().await?;
             if now >= next_sample {
@@ -361,7 +373,9 @@ async fn drain(
                 next_look += Duration::from_secs(args.poll);
             }
         }
-        let wait = next_sample.min(next_look).saturating_duration_since(Instant::now());
+        let wait = next_sample
+            .min(next_look)
+            .saturating_duration_since(Instant::now());
         let Ok(event) = tokio::time::timeout(wait, rx.recv()).await else {
             continue;
         };

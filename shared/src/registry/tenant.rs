@@ -27,6 +27,9 @@ pub struct Tenant {
     /// one of them. Two during a key rotation. Always at least one when the transport is SFTP.
     pub sftp_host_keys: Vec<String>,
     pub admin: Admin,
+    /// Who gets the run reports and alerts: the registry's `notify` list, or the admin's address
+    /// when it has none. Never empty. The admin stays the actor on the platform either way.
+    pub notify: Vec<EmailAddress>,
     pub schedule: Schedule,
     pub enabled: bool,
     pub limits: TenantLimits,
@@ -46,7 +49,8 @@ pub enum Transport {
     Sftp,
 }
 
-/// `sftp_host_key = "ssh-ed25519 AAAA…"`, or a list of them during a key rotation.
+/// One string or a list of them: `sftp_host_key = "ssh-ed25519 AAAA…"` (a list during a key
+/// rotation), `notify = "hr@acme.example"` or a list of addresses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum HostKeys {
@@ -99,8 +103,9 @@ fn check_host_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The nominated admin: the identity the import acts as (recorded in the log and the report) and
-/// the recipient of the status report. Never a password.
+/// The nominated admin: the identity the import acts as (recorded in the log and the report), never
+/// changed by the import, and the recipient of the status report unless `notify` names others.
+/// Never a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub username: String,
@@ -144,6 +149,9 @@ pub struct ImportOptions {
     pub full_sync: bool,
     /// Holds a run that would deactivate or update too many users.
     pub mass_change_guard: MassChangeGuard,
+    /// Usernames the import never changes (the nominated admin is always one): exact names or
+    /// patterns with `*` (any run of characters) and `?` (one character), case-insensitive.
+    pub protected_users: Vec<String>,
 }
 
 impl Default for ImportOptions {
@@ -156,8 +164,66 @@ impl Default for ImportOptions {
             skip_unchanged_max_age_days: 7,
             full_sync: false,
             mass_change_guard: MassChangeGuard::default(),
+            protected_users: Vec::new(),
         }
     }
+}
+
+impl ImportOptions {
+    /// The most `protected_users` entries a tenant may list.
+    pub const MAX_PROTECTED: usize = 1000;
+
+    /// Whether `username` matches one of `protected_users` (the admin is checked by the caller).
+    pub fn protects(&self, username: &str) -> bool {
+        self.protected_users
+            .iter()
+            .any(|pattern| glob_matches(pattern, username))
+    }
+}
+
+/// A case-insensitive match of `name` against `pattern`, where `*` is any run of characters
+/// (none included) and `?` exactly one. Linear in practice: the classic backtracking on the last
+/// `*` only.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
+    let n: Vec<char> = name.chars().flat_map(char::to_lowercase).collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Checks one `protected_users` entry.
+fn check_protected(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() || pattern.chars().any(char::is_control) {
+        return Err("each entry must be a non-empty user name or pattern".into());
+    }
+    if pattern.chars().all(|c| c == '*') {
+        return Err(format!(
+            "{pattern:?} protects every user: the import would change nothing (use \
+             import.verify_only or disable the tenant instead)"
+        ));
+    }
+    Ok(())
 }
 
 /// Thresholds of the mass-change guard. A run is held when the deactivations (or the updates) it
@@ -194,6 +260,9 @@ pub struct FileOptions {
     pub settle: Duration,
     /// Each imported file is copied to `/archive/` and kept this many days; 0 = no archive.
     pub archive_retention_days: u32,
+    /// How many days a run can be undone: its undo journal (`/reports/<report>.undo.jsonl`) is
+    /// kept that long; 0 = no journal is written and no run can be undone.
+    pub undo_retention_days: u32,
 }
 
 impl FileOptions {
@@ -208,6 +277,7 @@ impl Default for FileOptions {
         Self {
             settle: Duration::from_secs(5),
             archive_retention_days: 30,
+            undo_retention_days: 30,
         }
     }
 }
@@ -280,6 +350,9 @@ struct RawTenant {
     #[serde(default)]
     sftp_host_key: HostKeys,
     admin: RawAdmin,
+    /// Read as text so that each address is checked and reported against this field.
+    #[serde(default)]
+    notify: Option<HostKeys>,
     #[serde(default = "default_schedule")]
     schedule: String,
     #[serde(default = "default_timezone")]
@@ -385,6 +458,7 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         return Err(field("admin.username", "must be a non-empty user name"));
     }
     let email = EmailAddress::parse(&raw.admin.email).map_err(|e| field("admin.email", e))?;
+    let notify = notify_list(raw.notify.map(HostKeys::into_vec).as_deref(), &email)?;
     let schedule = Schedule::parse(&raw.schedule, &raw.timezone).map_err(|(f, m)| field(f, m))?;
     if raw.limits.api_concurrency == Some(0) {
         return Err(field("limits.api_concurrency", "must be at least 1"));
@@ -397,6 +471,15 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
             "import.groups_separator",
             "must be a punctuation character such as ';' or '|'",
         ));
+    }
+    if raw.import.protected_users.len() > ImportOptions::MAX_PROTECTED {
+        return Err(field(
+            "import.protected_users",
+            format!("lists more than {} entries", ImportOptions::MAX_PROTECTED),
+        ));
+    }
+    for pattern in &raw.import.protected_users {
+        check_protected(pattern).map_err(|m| field("import.protected_users", m))?;
     }
     let guard = &raw.import.mass_change_guard;
     for (name, percent) in [
@@ -434,6 +517,12 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
             ),
         ));
     }
+    if raw.files.undo_retention_days > FileOptions::MAX_RETENTION_DAYS {
+        return Err(field(
+            "files.undo_retention_days",
+            format!("must be 0 (no undo) to {}", FileOptions::MAX_RETENTION_DAYS),
+        ));
+    }
     if raw.alerts.no_file_days > AlertOptions::MAX_NO_FILE_DAYS {
         return Err(field(
             "alerts.no_file_days",
@@ -454,6 +543,7 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
             username: raw.admin.username,
             email,
         },
+        notify,
         schedule,
         enabled: raw.enabled,
         limits: raw.limits,
@@ -461,6 +551,43 @@ pub(super) fn from_table(table: toml::Table) -> Result<Tenant, FieldError> {
         files: raw.files,
         alerts: raw.alerts,
     })
+}
+
+/// The most addresses `notify` may list.
+const MAX_NOTIFY: usize = 20;
+
+/// The `notify` addresses, checked one by one (duplicates dropped, order kept); the admin's
+/// address when the field is absent.
+fn notify_list(
+    raw: Option<&[String]>,
+    admin: &EmailAddress,
+) -> Result<Vec<EmailAddress>, FieldError> {
+    let Some(raw) = raw else {
+        return Ok(vec![admin.clone()]);
+    };
+    if raw.is_empty() {
+        return Err(field(
+            "notify",
+            "must list at least one address (leave it out to notify the admin)",
+        ));
+    }
+    if raw.len() > MAX_NOTIFY {
+        return Err(field(
+            "notify",
+            format!("lists more than {MAX_NOTIFY} addresses"),
+        ));
+    }
+    let mut list: Vec<EmailAddress> = Vec::with_capacity(raw.len());
+    for (i, address) in raw.iter().enumerate() {
+        let parsed = EmailAddress::parse(address).map_err(|e| field(&format!("notify[{i}]"), e))?;
+        if !list
+            .iter()
+            .any(|a| a.as_str().eq_ignore_ascii_case(parsed.as_str()))
+        {
+            list.push(parsed);
+        }
+    }
+    Ok(list)
 }
 
 /// HTTPS, or plain HTTP to a loopback address (the local fake); never credentials in the URL.

@@ -330,3 +330,81 @@ fn an_sftp_tenant_without_a_valid_pinned_host_key_is_refused() {
         assert_eq!(e.field.as_deref(), Some(field), "{extra}: {e}");
     }
 }
+
+#[test]
+fn notify_lists_the_recipients_and_defaults_to_the_admin() -> Result<(), RegistryError> {
+    let r = parse(GOOD)?;
+    let acme = r.get("acme").ok_or_else(|| panic!("acme"))?;
+    let only_admin: Vec<&str> = acme.notify.iter().map(|a| a.as_str()).collect();
+    assert_eq!(only_admin, ["jane@acme.example"]);
+    let text = acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nnotify = [\"hr@acme.example\", \"it@acme.example\", \"HR@acme.example\"]",
+    );
+    let r = parse(&text)?;
+    let acme = r.get("acme").ok_or_else(|| panic!("acme"))?;
+    let list: Vec<&str> = acme.notify.iter().map(|a| a.as_str()).collect();
+    assert_eq!(
+        list,
+        ["hr@acme.example", "it@acme.example"],
+        "duplicates dropped"
+    );
+    assert_eq!(
+        acme.admin.email.as_str(),
+        "jane@acme.example",
+        "the admin stays"
+    );
+    for (bad, field) in [
+        (
+            "notify = [\"hr@acme.example\", \"not an address\"]",
+            "notify[1]",
+        ),
+        ("notify = []", "notify"),
+    ] {
+        let e = error_of(&acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\n{bad}"),
+        ));
+        assert_eq!(e.field.as_deref(), Some(field), "{bad}: {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn protected_users_match_names_and_patterns_case_insensitively() -> Result<(), RegistryError> {
+    let text = acme_with(
+        "limits = { api_concurrency = 4 }",
+        "limits = { api_concurrency = 4 }\nimport = { protected_users = [\"ceo\", \"svc.*\", \"temp-??\"] }",
+    );
+    let r = parse(&text)?;
+    let import = &r.get("acme").ok_or_else(|| panic!("acme"))?.import;
+    for name in ["ceo", "CEO", "svc.backup", "svc.", "temp-01"] {
+        assert!(import.protects(name), "{name}");
+    }
+    for name in ["ceo2", "asvc.backup", "temp-1", "temp-001", "jane"] {
+        assert!(!import.protects(name), "{name}");
+    }
+    for bad in ["[\"\"]", "[\"*\"]", "[\"a\\u0007\"]"] {
+        let e = error_of(&acme_with(
+            "limits = { api_concurrency = 4 }",
+            &format!("limits = {{ api_concurrency = 4 }}\nimport = {{ protected_users = {bad} }}"),
+        ));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("import.protected_users"),
+            "{bad}: {e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_glob_backtracks_over_its_stars() {
+    use super::tenant::glob_matches;
+    assert!(glob_matches("a*b*c", "axxbyyc"));
+    assert!(glob_matches("a*b*c", "abbbc"));
+    assert!(!glob_matches("a*b*c", "axxbyy"));
+    assert!(glob_matches("*", ""));
+    assert!(glob_matches("**x", "x"));
+    assert!(!glob_matches("?", ""));
+}

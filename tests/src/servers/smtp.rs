@@ -49,6 +49,11 @@ pub struct ReceivedMail {
     pub envelope_to: Vec<String>,
     /// The decoded text/plain body (the first one; empty if there is none).
     pub body_text: String,
+    /// The decoded text/html body (the first one; empty if there is none). Read it with
+    /// [`html_tables`], not by searching the text.
+    pub body_html: String,
+    /// The MIME type of every part, depth first (`multipart/mixed`, `text/plain`, …).
+    pub part_types: Vec<String>,
     /// Attachments: file name and decoded bytes.
     pub attachments: Vec<(String, Vec<u8>)>,
 }
@@ -232,6 +237,8 @@ pub fn parse(bytes: &[u8]) -> ReceivedMail {
             from: String::new(),
             envelope_to: Vec::new(),
             body_text: String::new(),
+            body_html: String::new(),
+            part_types: Vec::new(),
             attachments: Vec::new(),
         };
     };
@@ -264,6 +271,16 @@ pub fn parse(bytes: &[u8]) -> ReceivedMail {
         from: addresses(msg.from()).into_iter().next().unwrap_or_default(),
         envelope_to,
         body_text: msg.body_text(0).map(|b| b.into_owned()).unwrap_or_default(),
+        body_html: html_part(&msg),
+        part_types: msg
+            .parts
+            .iter()
+            .map(|p| {
+                p.content_type()
+                    .map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()))
+                    .unwrap_or_default()
+            })
+            .collect(),
         attachments: msg
             .attachments()
             .map(|part| {
@@ -274,4 +291,121 @@ pub fn parse(bytes: &[u8]) -> ReceivedMail {
         headers,
         raw,
     }
+}
+
+/// The decoded body of the first `text/html` part, as sent (mail-parser's `body_html` would
+/// make one from the text part when there is none).
+fn html_part(msg: &mail_parser::Message<'_>) -> String {
+    msg.parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|ct| ct.ctype() == "text" && ct.subtype() == Some("html"))
+        })
+        .and_then(|p| match &p.body {
+            mail_parser::PartType::Html(h) => Some(h.to_string()),
+            mail_parser::PartType::Text(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// An HTML document as parsed by an HTML parser: its tables and the names of its elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HtmlDoc {
+    /// Every `<table>` by its `id` (empty when it has none): its rows, each the text of its
+    /// `<th>`/`<td>` cells, entities decoded.
+    pub tables: Vec<(String, Vec<Vec<String>>)>,
+    /// The lowercase name of every element in the document, in order.
+    pub elements: Vec<String>,
+}
+
+impl HtmlDoc {
+    /// The rows of the table with this `id`.
+    pub fn table(&self, id: &str) -> Option<&[Vec<String>]> {
+        self.tables
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, rows)| rows.as_slice())
+    }
+}
+
+/// Parses `html` with an HTML parser (`tl`), not by searching the text.
+pub fn parse_html(html: &str) -> HtmlDoc {
+    let dom = tl::parse(html, tl::ParserOptions::default())
+        .unwrap_or_else(|e| panic!("harness: the HTML part does not parse: {e}"));
+    let parser = dom.parser();
+    let tag_of = |h: &tl::NodeHandle| h.get(parser).and_then(|n| n.as_tag());
+    let elements = dom
+        .nodes()
+        .iter()
+        .filter_map(|n| n.as_tag())
+        .map(|t| t.name().as_utf8_str().to_lowercase())
+        .collect();
+    let mut tables = Vec::new();
+    for table in dom.query_selector("table").into_iter().flatten() {
+        let Some(tag) = tag_of(&table) else { continue };
+        let id = tag
+            .attributes()
+            .id()
+            .map(|i| i.as_utf8_str().into_owned())
+            .unwrap_or_default();
+        let mut rows = Vec::new();
+        for tr in tag.query_selector(parser, "tr").into_iter().flatten() {
+            let Some(tr) = tag_of(&tr) else { continue };
+            let cells = tr
+                .children()
+                .top()
+                .iter()
+                .filter_map(tag_of)
+                .filter(|c| matches!(c.name().as_utf8_str().as_ref(), "td" | "th"))
+                .map(|c| decode_entities(&c.inner_text(parser)))
+                .collect();
+            rows.push(cells);
+        }
+        tables.push((id, rows));
+    }
+    HtmlDoc { tables, elements }
+}
+
+/// The five entities an HTML escape writes, and numeric ones, decoded.
+fn decode_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(end) = rest.find(';').filter(|e| *e <= 10) else {
+            out.push('&');
+            rest = &rest[1..];
+            continue;
+        };
+        let entity = &rest[1..end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix('#')
+                .and_then(|n| match n.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => n.parse().ok(),
+                })
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

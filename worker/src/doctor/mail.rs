@@ -41,7 +41,15 @@ pub async fn check(deps: &Deps, tenant: &Tenant, opts: Options) -> Step {
         let subject = format!("User import: test email for {}", tenant.name);
         if let Err(e) = deps
             .mailer
-            .send(&tenant.admin.email, &subject, body, None, 1)
+            .send(
+                &tenant.notify,
+                crate::email::Mail {
+                    subject,
+                    body,
+                    ..crate::email::Mail::default()
+                },
+                1,
+            )
             .await
         {
             return Step::fail(

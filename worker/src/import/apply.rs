@@ -34,6 +34,8 @@ pub enum RowStatus {
     /// Deactivated: by the row's `Account state` (a row of the file, `line > 0`), or as a user
     /// absent from the file by `full_sync` (`line == 0`).
     Deactivated,
+    /// A protected user (`import.protected_users`, or the nominated admin): nothing was sent.
+    Protected,
 }
 
 impl RowStatus {
@@ -46,6 +48,7 @@ impl RowStatus {
             RowStatus::Failed => "failed",
             RowStatus::Unconfirmed => "unconfirmed",
             RowStatus::Deactivated => "deactivated",
+            RowStatus::Protected => "protected",
         }
     }
 
@@ -110,6 +113,8 @@ pub struct ApplyContext<'a> {
     pub dry_run: bool,
     /// Creating a user the fleet knows is new without reading it first (never in a dry run).
     pub create_first: Option<&'a CreateFirst>,
+    /// Where the user's state before the row's writes goes, for an undo (never in a dry run).
+    pub journal: Option<&'a super::undo::Journal>,
 }
 
 /// The run's record of creates sent without a `GetUser` first: a `409` means the guess was
@@ -184,6 +189,12 @@ pub async fn apply(
     let line = row.line;
     let mut read = None;
     let result = run(ctx, &row, known_new, pre, &mut read, &mut steps).await;
+    // Whatever the row's end, what was sent may have taken effect: the journal has it.
+    if let Some(journal) = ctx.journal
+        && let Some(change) = super::undo::before_image(&row, read.as_ref(), &steps)
+    {
+        journal.record(&change);
+    }
     let action = if steps.is_empty() {
         "none".to_owned()
     } else {
@@ -256,7 +267,8 @@ async fn run(
         return Ok(done);
     }
     let (current, renamed) = read_user(ctx, row, pre).await?;
-    if ctx.dry_run {
+    // For the next pass of a dry run, and for the undo journal of a write.
+    if ctx.dry_run || ctx.journal.is_some() {
         *read = Some(PreRead {
             line: row.line,
             current: current.clone(),

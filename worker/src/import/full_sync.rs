@@ -1,6 +1,6 @@
 //! Full sync (opt-in, `full_sync = true`): the users this import manages (see `store`) that are
 //! absent from the file are deactivated with `SetUsers`, at most 500 uids a call, after the rows.
-//! Never the nominated admin; nobody at all when the file has no rows (a broken export, most
+//! Never the nominated admin or a protected user; nobody at all when the file has no rows (a broken export, most
 //! likely) or when a row's username cannot be read (that row might name a managed user). Each
 //! deactivation is one line of the per-record report.
 
@@ -43,7 +43,7 @@ pub(super) async fn absent_users(
         .managed(&params.tenant)
         .await?
         .into_iter()
-        .filter(|u| !u.eq_ignore_ascii_case(&params.admin))
+        .filter(|u| !params.protects(u))
         .map(|u| (key_hash(&u), u))
         .collect();
     // A merge of the file's sorted names with the managed ones: no set of the file in memory.
@@ -106,6 +106,11 @@ async fn deactivate_chunk(
             done.push(uid.clone());
         }
         sink(r)?;
+    }
+    if let Some(journal) = &params.journal {
+        for uid in &done {
+            journal.record(&super::undo::deactivated_absent(uid));
+        }
     }
     // Deactivated users are no longer managed: a later file naming them manages them again.
     params.store.unmanage(&params.tenant, &done).await?;

@@ -15,8 +15,10 @@ pub mod results;
 pub mod row;
 pub mod store;
 pub mod template;
+pub mod undo;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use shared::registry::ImportOptions;
@@ -116,9 +118,40 @@ pub struct ImportParams {
     /// Ignore the stored row fingerprints (and forget them): every row is sent.
     pub force_full: bool,
     pub tenant: String,
-    /// The nominated admin's username: never deactivated by a full sync.
+    /// The nominated admin's username: never changed (a protected user), never deactivated by a
+    /// full sync.
     pub admin: String,
     pub store: ImportStore,
+    /// Where each user's state before the run's writes goes, for an undo (never in a dry run).
+    pub journal: Option<Arc<undo::Journal>>,
+}
+
+impl ImportParams {
+    /// Whether the import must leave `username` alone: the nominated admin, or a name matching
+    /// `protected_users`.
+    pub fn protects(&self, username: &str) -> bool {
+        username.eq_ignore_ascii_case(&self.admin) || self.options.protects(username)
+    }
+
+    /// The result of a row naming a protected user (as its username or its new username): it is
+    /// reported and nothing is sent for it.
+    fn protected_row(&self, input: &row::RowInput) -> Option<RowResult> {
+        let name = std::iter::once(&input.username)
+            .chain(input.new_username.as_ref())
+            .find(|name| self.protects(name))?;
+        let who = if name.eq_ignore_ascii_case(&self.admin) {
+            "the nominated admin"
+        } else {
+            "a protected user (import.protected_users)"
+        };
+        Some(RowResult {
+            line: input.line,
+            username: input.username.clone(),
+            action: "none".into(),
+            status: RowStatus::Protected,
+            message: format!("{name:?} is {who}: the import never changes it"),
+        })
+    }
 }
 
 const FIRST_PROBLEMS: usize = 50;
@@ -454,6 +487,7 @@ fn count_status(counts: &mut Counts, r: &RowResult) {
         RowStatus::Invalid => counts.invalid += 1,
         RowStatus::Failed => counts.failed += 1,
         RowStatus::Unconfirmed => counts.unconfirmed += 1,
+        RowStatus::Protected => counts.protected += 1,
         RowStatus::Deactivated if r.line > 0 => counts.deactivated_by_state += 1,
         RowStatus::Deactivated => {
             // Full sync: not a row of the file.
@@ -493,6 +527,7 @@ impl Pass<'_> {
             cancel: self.cancel,
             dry_run,
             create_first: (!dry_run).then_some(self.create_first),
+            journal: params.journal.as_deref().filter(|_| !dry_run),
         };
         let (tx, rx) = mpsc::channel::<Result<row::RowInput, RowError>>(params.concurrency * 8);
         let reader = {
@@ -565,6 +600,9 @@ async fn one_row(
     input: row::RowInput,
     pre: Option<PreRead>,
 ) -> Result<(RowResult, Option<PreRead>), ImportError> {
+    if let Some(r) = params.protected_row(&input) {
+        return Ok((r, None));
+    }
     let (store, tenant) = (&params.store, params.tenant.as_str());
     let options = &params.options;
     let fingerprint = options.skip_unchanged.then(|| input.fingerprint());

@@ -25,7 +25,6 @@ use uuid::Uuid;
 
 use crate::account::{self, AccountError, Stat};
 use crate::deps::Deps;
-use crate::email::MailAttachment;
 use crate::import::{Held, ImportSummary};
 use crate::outcome::{JobError, Permanent, Retryable};
 use crate::platform::{PlatformClient, StopCheck};
@@ -134,13 +133,8 @@ impl StopCheck for Gate {
 
 pub use crate::account::LocalFile;
 
-/// A message for the tenant's admin.
-#[derive(Debug)]
-pub struct Mail {
-    pub subject: String,
-    pub body: String,
-    pub attachment: Option<MailAttachment>,
-}
+/// A message for the tenant's recipients.
+pub use crate::email::Mail;
 
 /// Which file the run works on, and what it may do with it.
 #[derive(Debug, Clone, Default)]
@@ -156,6 +150,8 @@ pub struct Plan {
     /// The admin asked for this file to run again (`/uploads/user-import.rerun`): its marker
     /// does not skip it, and the request is removed once the run is reported.
     pub rerun: bool,
+    /// The file is the admin's undo request (`/uploads/user-import.undo`), not a user file.
+    pub undo: bool,
 }
 
 /// What the stages hand on to each other.
@@ -174,6 +170,19 @@ pub struct Findings {
     pub held: Option<Held>,
     /// How the run ended, once the report is done (the archive comes after).
     pub outcome: Option<crate::outcome::Outcome>,
+    /// An import's undo journal (local), kept on the account beside the report.
+    pub journal: Option<tempfile::NamedTempFile>,
+    /// An undo run: the journal of the run it undoes.
+    pub undoing: Option<UndoTarget>,
+}
+
+/// The run an undo request names: its journal, found on the account and fetched.
+#[derive(Debug)]
+pub struct UndoTarget {
+    /// The journal's file name in `/reports`.
+    pub name: String,
+    pub header: crate::import::undo::JournalHeader,
+    pub local: LocalFile,
 }
 
 /// One job of one tenant, running. See the module's documentation.
@@ -376,20 +385,30 @@ impl<'d> JobRun<'d> {
         a.rename(from, to).await.map_err(account_error)
     }
 
-    /// Emails the tenant's nominated admin; `Err` says why it was not sent.
+    /// Emails the tenant's recipients (`notify`, the nominated admin by default); `Err` says why
+    /// nobody got it. A recipient that did not get it while others did is said in the log.
     pub async fn email(&self, mail: Mail) -> Result<(), String> {
         self.gate.check().map_err(|e| e.to_string())?;
-        self.deps
+        let delivery = self
+            .deps
             .mailer
-            .send(
-                &self.tenant.admin.email,
-                &mail.subject,
-                mail.body,
-                mail.attachment,
-                3,
-            )
+            .send(&self.tenant.notify, mail, 3)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        for (to, why) in &delivery.failed {
+            self.log(format!("the email could not be delivered to {to}: {why}"));
+        }
+        Ok(())
+    }
+
+    /// Who the run's emails go to, for the log: `notify`, or the nominated admin.
+    pub fn recipients(&self) -> String {
+        let t = &self.tenant;
+        if t.notify.len() == 1 && t.notify[0] == t.admin.email {
+            return format!("the nominated admin ({})", t.admin.username);
+        }
+        let list: Vec<&str> = t.notify.iter().map(|a| a.as_str()).collect();
+        format!("{} recipient(s): {}", list.len(), list.join(", "))
     }
 
     /// Ends the run: the log's last lines are flushed (while the lock is held) and the session

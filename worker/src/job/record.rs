@@ -175,6 +175,7 @@ impl RunRecord {
                 [
                     (c.deactivated_by_state, "deactivated by Account state"),
                     (c.deactivated, "deactivated by full sync"),
+                    (c.protected, "protected (not changed)"),
                 ]
                 .iter()
                 .filter(|(n, _)| *n > 0)

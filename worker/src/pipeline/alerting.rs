@@ -1,4 +1,4 @@
-//! The job's own lines around the stages, and when the run alerts the nominated admin: a refused
+//! The job's own lines around the stages, and when the run alerts the tenant's recipients (`notify`): a refused
 //! login (FTPS or API) after a run failed on it, and a quiet account after a run found nothing
 //! new. What is sent and how it is de-duplicated is in [`crate::alerts`].
 
@@ -57,14 +57,11 @@ async fn login_refused(job: &JobRun<'_>, error: &JobError) {
         .email(Mail {
             subject: alerts::login_subject(tenant, kind),
             body: alerts::login_body(tenant, kind),
-            attachment: None,
+            ..Mail::default()
         })
         .await;
     job.log(match &sent {
-        Ok(()) => format!(
-            "alert: login refused, emailed to the nominated admin ({})",
-            tenant.admin.username
-        ),
+        Ok(()) => format!("alert: login refused, emailed to {}", job.recipients()),
         Err(why) => format!("alert: login refused, but the alert email could not be sent: {why}"),
     });
 }
@@ -89,14 +86,14 @@ async fn no_new_file(job: &JobRun<'_>) {
         .email(Mail {
             subject: alerts::no_file_subject(tenant, days),
             body: alerts::no_file_body(tenant, last, days),
-            attachment: None,
+            ..Mail::default()
         })
         .await;
     match sent {
         Ok(()) => job.log(format!(
-            "alert: no new file for {days} days (last on {}), emailed to the nominated admin ({})",
+            "alert: no new file for {days} days (last on {}), emailed to {}",
             last.format("%Y-%m-%d %H:%M UTC"),
-            tenant.admin.username
+            job.recipients()
         )),
         Err(why) => {
             job.log(format!(

@@ -43,7 +43,7 @@ pub fn expired(names: &[String], now: DateTime<Utc>, retention_days: u32) -> Vec
 
 /// Whether this run archives: an import (not a dry run) of a tenant that keeps an archive.
 pub fn applies(job: &JobRun<'_>) -> bool {
-    !job.found.plan.dry_run && job.tenant().files.archive_retention_days > 0
+    !job.found.plan.dry_run && !job.found.plan.undo && job.tenant().files.archive_retention_days > 0
 }
 
 /// The import is done and marked: archive trouble is logged, never fails the job.

@@ -11,6 +11,10 @@ use crate::layout::{MARKER_DIR, UPLOAD_PATH};
 use crate::outcome::{JobError, Outcome, Permanent, Retryable};
 
 pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    // The admin's undo request takes the run first; the file waits for the next one.
+    if super::undo::take_request(job).await? {
+        return Ok(Step::Next);
+    }
     let Some(stat) = job.stat(UPLOAD_PATH).await? else {
         return Ok(Step::Finish(Outcome::NoFile));
     };

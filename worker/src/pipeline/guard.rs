@@ -150,15 +150,17 @@ pub async fn hold(job: &JobRun<'_>, h: Held) -> Result<Step, JobError> {
     ));
     let mail = Mail {
         subject: subject(job.tenant(), &h),
-        body: body(job.tenant(), &h, &file.sha1, file.size),
-        attachment: None,
+        body: body(
+            job.tenant(),
+            &h,
+            &file.sha1,
+            (job.found.plan.source, file.size),
+        ),
+        ..Mail::default()
     };
     let email_sent = match job.email(mail).await {
         Ok(()) => {
-            job.log(format!(
-                "the nominated admin ({}) was emailed how to confirm",
-                job.tenant().admin.username
-            ));
+            job.log(format!("emailed {} how to confirm", job.recipients()));
             true
         }
         Err(why) => {
@@ -188,19 +190,20 @@ pub fn subject(tenant: &Tenant, h: &Held) -> String {
     )
 }
 
-pub fn body(tenant: &Tenant, h: &Held, sha1: &Sha1Digest, size: u64) -> String {
+/// `file`: the held file's path on the account and its size (an undo request is held like a file).
+pub fn body(tenant: &Tenant, h: &Held, sha1: &Sha1Digest, (source, size): (&str, u64)) -> String {
     let g = &tenant.import.mass_change_guard;
     format!(
         "The user import for {domain} was HELD: nothing has been changed.\n\n\
-         File:          /uploads/user-import.csv ({size} bytes, SHA1 {sha1})\n\
+         File:          {source} ({size} bytes, SHA1 {sha1})\n\
          Deactivations: {d} (the limit is more than {dc} users and more than {dp}%)\n\
          Updates:       {u} (the limit is more than {uc} users and more than {up}%)\n\
          Existing users the file touches: {e}\n\n\
          If these changes are intended, confirm them: upload a text file\n\
          /uploads/user-import.confirm holding this line:\n\n\
          {sha1}\n\n\
-         The next run then imports this file. If they are not intended, upload a corrected\n\
-         /uploads/user-import.csv instead. Until then each run skips this file without changes.\n",
+         The next run then carries it out. If they are not intended, upload a corrected\n\
+         {source} instead. Until then each run skips this file without changes.\n",
         domain = tenant.portal_domain,
         d = h.deactivations,
         dc = g.max_deactivate_count,

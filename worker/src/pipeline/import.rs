@@ -3,15 +3,20 @@
 //! client, which asks the job's gate before every request. Results go to a local CSV for the
 //! report; a file the guard holds goes to [`guard::hold`].
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Step, fetch, guard};
+use crate::import::undo::{Journal, JournalHeader};
 use crate::import::{ImportError, ImportParams, Run};
 use crate::job::JobRun;
 use crate::outcome::{JobError, Permanent, Retryable};
 use crate::platform::ApiError;
 
 pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
+    if super::undo::is_undo(job) {
+        return super::undo::run(job).await;
+    }
     let Some(file) = &job.found.file else {
         return Err(Retryable::WorkerFault("import before fetch".into()).into());
     };
@@ -23,15 +28,13 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     } else {
         "new version of the file: importing"
     });
-    let params = params(job);
+    let mut params = params(job);
     let span = tracing::Span::current();
     span.record("concurrency", params.concurrency);
     let client = job.platform(params.concurrency);
-    let results = tempfile::Builder::new()
-        .prefix("user-import-results-")
-        .suffix(".csv")
-        .tempfile_in(fetch::work_dir(job))
-        .map_err(fetch::local_io)?;
+    let results = results_file(job)?;
+    let journal = journal(job)?;
+    params.journal = journal.as_ref().map(|(_, j)| j.clone());
     let progress = job.progress();
     let ran = crate::import::run(
         file.file.path(),
@@ -73,10 +76,59 @@ pub async fn run(job: &mut JobRun<'_>) -> Result<Step, JobError> {
     job.found.imported = Some(summary);
     // The results file lives as long as the run: the report uploads and attaches it.
     job.found.results = Some(results);
+    if let Some(journal) = journal {
+        keep_journal(job, journal);
+    }
     Ok(Step::Next)
 }
 
-fn params(job: &JobRun<'_>) -> ImportParams {
+/// The journal, complete: kept for the report, which puts it on the account.
+fn keep_journal(job: &mut JobRun<'_>, (file, journal): (tempfile::NamedTempFile, Arc<Journal>)) {
+    let (changes, complete) = journal.finish();
+    job.log(if complete {
+        format!("undo journal: {changes} users changed")
+    } else {
+        format!(
+            "undo journal: {changes} users changed, some could not be recorded: this run cannot be fully undone"
+        )
+    });
+    job.found.journal = Some(file);
+}
+
+/// The local file the per-row results go to.
+pub(super) fn results_file(job: &JobRun<'_>) -> Result<tempfile::NamedTempFile, JobError> {
+    tempfile::Builder::new()
+        .prefix("user-import-results-")
+        .suffix(".csv")
+        .tempfile_in(fetch::work_dir(job))
+        .map_err(fetch::local_io)
+}
+
+/// The run's undo journal (a local file, kept on the account by the report), unless the run writes
+/// nothing or the tenant keeps no journal.
+fn journal(job: &JobRun<'_>) -> Result<Option<(tempfile::NamedTempFile, Arc<Journal>)>, JobError> {
+    let Some(file) = &job.found.file else {
+        return Ok(None);
+    };
+    if job.found.plan.dry_run || job.tenant().files.undo_retention_days == 0 {
+        return Ok(None);
+    }
+    let local = tempfile::Builder::new()
+        .prefix("user-import-undo-")
+        .suffix(".jsonl")
+        .tempfile_in(fetch::work_dir(job))
+        .map_err(fetch::local_io)?;
+    let header = JournalHeader {
+        undo_journal: 1,
+        job_id: job.context().job_id.to_string(),
+        sha1: file.sha1.to_string(),
+        started_at: job.record.started_at.to_rfc3339(),
+    };
+    let journal = Journal::create(local.path(), &header).map_err(fetch::local_io)?;
+    Ok(Some((local, Arc::new(journal))))
+}
+
+pub(super) fn params(job: &JobRun<'_>) -> ImportParams {
     let (settings, tenant, plan) = (&job.settings().import, job.tenant(), &job.found.plan);
     let concurrency = tenant
         .limits
@@ -97,11 +149,12 @@ fn params(job: &JobRun<'_>) -> ImportParams {
         tenant: tenant.name.to_string(),
         admin: tenant.admin.username.clone(),
         store: job.store().clone(),
+        journal: None,
     }
 }
 
 /// What an import failure means for the job.
-fn job_error(e: ImportError) -> JobError {
+pub(super) fn job_error(e: ImportError) -> JobError {
     match e {
         ImportError::Credentials(code) => Permanent::ApiCredentials(code).into(),
         ImportError::Header(h) => Permanent::UnreadableFile(h.to_string()).into(),

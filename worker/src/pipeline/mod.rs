@@ -17,6 +17,7 @@ pub mod refusal;
 pub mod report;
 pub mod settle;
 pub mod summary;
+pub mod undo;
 pub mod verify_upload;
 
 use std::panic::AssertUnwindSafe;
@@ -83,7 +84,9 @@ impl Stage {
         match self {
             Stage::VerifyUpload => true,
             Stage::Fetch => job.found.file.is_none(),
-            Stage::Hash | Stage::Settle => !verify_upload::is_verify_upload(job),
+            Stage::Hash => !verify_upload::is_verify_upload(job),
+            // An undo request is a few bytes the admin wrote at once: no upload to wait for.
+            Stage::Settle => !verify_upload::is_verify_upload(job) && !undo::is_undo(job),
             Stage::Guard => guard::applies(job),
             Stage::Import | Stage::Report => true,
             Stage::Archive => archive::applies(job),

@@ -13,7 +13,7 @@
 use chrono::NaiveDateTime;
 
 use crate::job::{JobRun, Mail};
-use crate::layout::{MARKER_DIR, RERUN_PATH, UPLOAD_PATH};
+use crate::layout::{MARKER_DIR, RERUN_PATH, UNDO_PATH, UPLOAD_PATH};
 use crate::outcome::Permanent;
 
 /// The version of the upload a refusal is about, which names its marker.
@@ -87,6 +87,7 @@ pub fn is_refusal(p: &Permanent) -> bool {
         Permanent::UnreadableFile(_)
             | Permanent::FileTooLarge { .. }
             | Permanent::AccountRefused(_)
+            | Permanent::UndoRefused(_)
     )
 }
 
@@ -127,13 +128,10 @@ pub async fn tell(job: &JobRun<'_>, why: &Permanent) {
             why.reason()
         ),
         body: body(job, why, &version),
-        attachment: None,
+        ..Mail::default()
     };
     job.log(match job.email(mail).await {
-        Ok(()) => format!(
-            "the nominated admin ({}) was emailed why the file was refused",
-            job.tenant().admin.username
-        ),
+        Ok(()) => format!("emailed {} why the file was refused", job.recipients()),
         Err(e) => format!("the refusal email could not be sent: {e}"),
     });
 }
@@ -172,6 +170,7 @@ fn body(job: &JobRun<'_>, why: &Permanent, version: &Version) -> String {
             "could not finish: your FTP account refused a write. What the log and the report say \
              was done is done; the rest was not"
         }
+        Permanent::UndoRefused(_) => "REFUSED the undo request: nothing was changed",
         _ => "REFUSED the file: nothing was changed",
     };
     format!(
@@ -200,6 +199,11 @@ fn what_to_do(why: &Permanent) -> String {
              the export into files under that size and upload them as {UPLOAD_PATH} one after\n\
              the other (each runs at the next scheduled import), or leave out columns the\n\
              platform does not use. This version will not be tried again."
+        ),
+        Permanent::UndoRefused(_) => format!(
+            "Nothing was undone. {UNDO_PATH} must name the job id or the file SHA1 of a run\n\
+             within the undo retention that was not undone before (both are in the run's report\n\
+             email). This request will not be tried again; upload a corrected one to undo a run."
         ),
         _ => format!(
             "Nothing was imported. Correct the file (docs: the user import file format) and\n\
