@@ -708,3 +708,87 @@ async fn a_tenant_added_to_the_registry_while_the_worker_runs_gets_its_first_job
     assert!(env.dead_letters().await.is_empty());
     env.cleanup().await;
 }
+
+/// A job the fleet gives up on (the platform answering 503 on every try, through every retry of
+/// the job) ends dead-lettered with its reason, and the tenant's admin gets exactly one email
+/// saying so — none for the retries before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_dead_lettered_after_its_retries_tells_the_admin_once() {
+    let mut env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    // One API attempt per run, so each of the job's runs fails fast.
+    env.env
+        .insert("USER_IMPORT__PLATFORM__MAX_ATTEMPTS".into(), "1".into());
+    env.fake.set_faults(Faults {
+        error_5xx_rate: 1.0,
+        ..Faults::default()
+    });
+    env.accounts[0].put("uploads/user-import.csv", users_csv("gu", 3).as_bytes());
+    let admin = format!("admin@{}.example.com", env.tenant(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = env.spawn_worker("w1", tx);
+    let job = env.publish_job(env.tenant(0), Utc::now()).await;
+    let events = collect_until(&mut rx, Duration::from_secs(90), |e| {
+        e.iter().any(|e| e.disposition == "dead-lettered")
+    })
+    .await;
+    worker.shutdown().await;
+    let mine: Vec<&str> = events
+        .iter()
+        .filter(|e| e.job_id == job.job_id.to_string())
+        .map(|e| e.disposition)
+        .collect();
+    // FleetEnv's retry delays are 1 s, 2 s, 2 s: three retries, then the dead letter.
+    assert_eq!(
+        mine,
+        [
+            "retry-scheduled",
+            "retry-scheduled",
+            "retry-scheduled",
+            "dead-lettered"
+        ],
+        "{events:#?}"
+    );
+    let mails = harness::smtp()
+        .await
+        .wait_for_messages(&admin, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        mails.len(),
+        1,
+        "one email, for the last attempt only: {mails:#?}"
+    );
+    let mail = &mails[0];
+    assert_eq!(
+        mail.subject,
+        format!("[{}] User import FAILED: api-unavailable", env.tenant(0))
+    );
+    assert!(
+        mail.body_text.contains("stopped trying this run")
+            && mail.body_text.contains(&job.job_id.to_string())
+            && mail.body_text.contains("on every try"),
+        "{}",
+        mail.body_text
+    );
+    let dead = env.dead_letters().await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, p)| header_str(p, HEADER_REASON).unwrap_or_default())
+        .collect();
+    assert_eq!(reasons, ["api-unavailable"], "{dead:?}");
+    assert!(
+        tenant_log(&env.accounts[0]).contains("the fleet gives up on this run (api-unavailable)"),
+        "the log says so too"
+    );
+    // Nothing reached the platform's users: every call was answered 503.
+    assert!(
+        env.fake
+            .users(&env.domain(0))
+            .iter()
+            .all(|u| !u.username.starts_with("gu"))
+    );
+    env.cleanup().await;
+}

@@ -178,10 +178,19 @@ impl Alerts {
 
     /// Whether this refusal is the first of its kind today (true as well when Redis cannot say).
     pub async fn login_first_today(&self, tenant: &str, kind: LoginKind, today: NaiveDate) -> bool {
-        let key = self.key(
-            tenant,
-            &format!("login:{}:{}", kind.key_part(), today.format("%Y-%m-%d")),
-        );
+        self.first_today(tenant, &format!("login:{}", kind.key_part()), today)
+            .await
+    }
+
+    /// Whether a job of this tenant that the fleet gave up on, for this reason, is the first
+    /// today (true as well when Redis cannot say).
+    pub async fn failure_first_today(&self, tenant: &str, reason: &str, today: NaiveDate) -> bool {
+        self.first_today(tenant, &format!("failed:{reason}"), today)
+            .await
+    }
+
+    async fn first_today(&self, tenant: &str, what: &str, today: NaiveDate) -> bool {
+        let key = self.key(tenant, &format!("{what}:{}", today.format("%Y-%m-%d")));
         let first = async {
             let mut conn = self.conn().await?;
             let set: Option<String> = redis::cmd("SET")
@@ -197,7 +206,7 @@ impl Alerts {
         match first.await {
             Ok(first) => first,
             Err(e) => {
-                tracing::warn!(error = %e, "alert store unavailable; sending the login alert without de-duplication");
+                tracing::warn!(error = %e, what, "alert store unavailable; sending the alert without de-duplication");
                 true
             }
         }

@@ -314,6 +314,7 @@ async fn run_admitted(
             lease: lock.lease(),
             lost: lock.lost(),
         }),
+        last_attempt: fleet.topology.retry_delay(attempt + 1).is_none(),
     };
     let result = process_job(deps, &job.tenant, ctx).await;
     event.ended = Some(Utc::now());

@@ -47,6 +47,9 @@ pub struct JobContext {
     /// The tenant lock, when the job runs under one: once it is lost, nothing more is written,
     /// not even the log's last line.
     pub lock: Option<LockHold>,
+    /// The fleet gives up on this job if this run fails, even for a reason that is retried
+    /// otherwise (its last retry): a failure is then told to the tenant's recipients.
+    pub last_attempt: bool,
 }
 
 /// What the job knows of its tenant lock without asking Redis.
@@ -67,6 +70,7 @@ impl JobContext {
             cancel: CancellationToken::new(),
             fence: None,
             lock: None,
+            last_attempt: false,
         }
     }
 

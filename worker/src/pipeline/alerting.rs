@@ -25,7 +25,10 @@ pub fn start_line(job: &JobRun<'_>) -> String {
 /// The alerts a finished run may call for.
 pub async fn after(job: &JobRun<'_>, result: &Result<Outcome, JobError>) {
     match result {
-        Err(e) => login_refused(job, e).await,
+        Err(e) => {
+            login_refused(job, e).await;
+            super::failure::tell_if_given_up(job, e).await;
+        }
         Ok(
             Outcome::NoFile | Outcome::AlreadyProcessed { .. } | Outcome::UploadIncomplete { .. },
         ) => no_new_file(job).await,

@@ -9,6 +9,7 @@
 
 pub mod alerting;
 pub mod archive;
+pub mod failure;
 pub mod fetch;
 pub mod guard;
 pub mod hash;
