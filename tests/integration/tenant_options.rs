@@ -6,6 +6,7 @@ use platform_fake::{DEACTIVATED, FakeUser, call};
 use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
+use harness::fixtures::fake_user as user;
 use harness::fixtures::{HEADER, csv_rows};
 use harness::tenant_env::{Options, TenantEnv};
 
@@ -14,14 +15,6 @@ fn with_import(lines: &str) -> Options {
         tenant_import: lines.to_owned(),
         ..Options::default()
     }
-}
-
-fn user(name: &str, forename: &str, surname: &str, department: &str) -> FakeUser {
-    FakeUser::new(name)
-        .with_field("forename", forename)
-        .with_field("surname", surname)
-        .with_field("mail", format!("{name}@example.org"))
-        .with_field("department", department)
 }
 
 /// Write calls the platform got (reads are `GetUser`, `GetProfileFields`, `status`).

@@ -6,17 +6,10 @@
 use platform_fake::{ACTIVATED, DEACTIVATED, FakeUser, call};
 use worker::Outcome;
 
+use harness::fixtures::fake_user as user;
 use harness::fixtures::{HEADER, csv_rows};
 use harness::tenant_env::{FAST_SETTLE, Options, TenantEnv};
 use harness::{ReceivedMail, parse_html};
-
-fn user(name: &str, forename: &str, surname: &str, department: &str) -> FakeUser {
-    FakeUser::new(name)
-        .with_field("forename", forename)
-        .with_field("surname", surname)
-        .with_field("mail", format!("{name}@example.org"))
-        .with_field("department", department)
-}
 
 /// An address no other test uses.
 fn unique_address(local: &str) -> String {

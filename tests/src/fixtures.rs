@@ -215,6 +215,20 @@ pub fn unzip_one(bytes: &[u8]) -> (String, Vec<u8>) {
     (name, out)
 }
 
+/// A user of the platform fake with the template's usual fields.
+pub fn fake_user(
+    name: &str,
+    forename: &str,
+    surname: &str,
+    department: &str,
+) -> platform_fake::FakeUser {
+    platform_fake::FakeUser::new(name)
+        .with_field("forename", forename)
+        .with_field("surname", surname)
+        .with_field("mail", format!("{name}@example.org"))
+        .with_field("department", department)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
