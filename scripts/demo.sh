@@ -50,6 +50,8 @@ done
 set -e
 
 latest_mail=$(ls -t .stack/mail/new/* 2>/dev/null | head -n 1 || true)
+mails=".stack/mail/new/ (no message found!)"
+[[ -n $latest_mail ]] && mails=".stack/mail/new/ (latest: $latest_mail)"
 cat <<EOT
 
 demo: done. Where to look (FTPS tenant demo, SFTP tenant demo-sftp):
@@ -57,7 +59,7 @@ demo: done. Where to look (FTPS tenant demo, SFTP tenant demo-sftp):
                               $UI_SFTP_HOME/log/user-import.log
   the per-record reports      $UI_DEMO_HOME/reports/  $UI_SFTP_HOME/reports/
   the SHA1 markers            $UI_DEMO_HOME/tmp/  $UI_SFTP_HOME/tmp/
-  the emails to the admins    ${latest_mail:+.stack/mail/new/ (latest: $latest_mail)}${latest_mail:-.stack/mail/new/ (no message found!)}
+  the emails to the admins    $mails
   the users on the platform   curl -s $UI_FAKE_URL/_fake/tenants/$UI_DEMO_DOMAIN/users
                               curl -s $UI_FAKE_URL/_fake/tenants/$UI_SFTP_DOMAIN/users
   the SFTP server's host key  $(ssh-keygen -l -E sha256 -f "$UI_SFTP_HOST_KEY_FILE" | cut -d' ' -f2) (pinned in $UI_REGISTRY_FILE)
