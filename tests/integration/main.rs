@@ -11,7 +11,9 @@
 //! - `corpus`: the odd and bad files of `tests/corpus/`, each with its expected outcome.
 //! - `refusal`: a refused write or file is told to the admin once and not run again.
 //! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
-//! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
+//! - `pipeline`: fetch → hash → import → report → archive → summary for one tenant, end to end;
+//!   the core scenarios on vsftpd, ProFTPD and OpenSSH SFTP each (no data connection refused, no
+//!   partial file left, also when a session is killed during an upload).
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
 //! - `tenant_files`: what tenant admins get around the import: upload completeness, the archive,
