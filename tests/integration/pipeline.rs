@@ -346,11 +346,7 @@ async fn a_session_killed_during_an_upload_leaves_no_partial_file(server: Server
         archive.is_empty(),
         "{server:?}: nothing archived: {archive:?}"
     );
-    let partial = env.account.partial_files();
-    assert!(
-        partial.is_empty(),
-        "{server:?}: temporary or empty files left: {partial:?}"
-    );
+    assert_clean(&env).await;
 }
 on_every_server!(a_session_killed_during_an_upload_leaves_no_partial_file);
 

@@ -433,3 +433,21 @@ fn redis_prefix_of(user: &str) -> String {
 fn name(s: &str) -> shared::TenantName {
     shared::TenantName::parse(s).unwrap_or_else(|e| panic!("{e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Server, refused_answer};
+
+    #[test]
+    fn a_refused_data_connection_is_recognised_in_each_servers_log() {
+        let vsftpd = r#"Sun Nov 29 19:55:18 2026 [pid 9297] [t-a3eed68f] FTP response: Client "127.0.0.1", "522 SSL connection failed: session reuse required""#;
+        assert!(refused_answer(Server::Vsftpd, vsftpd));
+        let fine = r#"Sun Nov 29 19:55:18 2026 [pid 9297] [t-a3eed68f] FTP response: Client "127.0.0.1", "226 Transfer done.""#;
+        assert!(!refused_answer(Server::Vsftpd, fine));
+        let proftpd = r#"127.0.0.1 UNKNOWN pf-1a2b3c4d [29/Nov/2026:19:24:09 +0000] "STOR /tmp/.f.part-0badf00d" 425 -"#;
+        assert!(refused_answer(Server::Proftpd, proftpd));
+        let fine =
+            r#"127.0.0.1 UNKNOWN pf-1a2b3c4d [29/Nov/2026:19:24:09 +0000] "NLST /tmp" 450 -"#;
+        assert!(!refused_answer(Server::Proftpd, fine));
+    }
+}
