@@ -1,11 +1,11 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet bench-scale deploy-check monitoring-check image otlp-dump chaos chaos-long
+.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet bench-scale deploy-check monitoring-check image otlp-dump chaos chaos-long long-import
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-demo: ## the main job locally: stack up, the demo tenant imported end to end
+demo: ## the main job locally: stack up, the FTPS and the SFTP demo tenants imported end to end
 	scripts/demo.sh
 
 test: ## the whole test suite (services, fmt, clippy, tests) - what CI runs
@@ -22,7 +22,10 @@ doctor: ## the onboarding checklist of a tenant on the local stack (TENANT=demo)
 	cargo build -q -p worker
 	USER_IMPORT_CONFIG=config/worker.local.toml "$${CARGO_TARGET_DIR:-target}/debug/worker" doctor --tenant $(or $(TENANT),demo)
 
-stack-up: ## start the local stack (RabbitMQ, Redis, vsftpd FTPS, SMTP sink, platform fake)
+long-import: ## imports past vsftpd's 300 s idle timeout, FTPS and SFTP (~9 min; in CI, in the background)
+	scripts/chaos.sh --only long-import
+
+stack-up: ## start the local stack (RabbitMQ, Redis, vsftpd FTPS, sshd SFTP, SMTP sink, platform fake)
 	scripts/stack.sh up
 
 stack-status: ## show what of the local stack is running

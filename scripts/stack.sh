@@ -13,6 +13,10 @@
 #   Redis     127.0.0.1:6379               reused when one answers, else started daemonized
 #   vsftpd    127.0.0.1:${UI_FTPS_PORT:-2121}, explicit FTPS, passive ${UI_PASV_MIN:-30000}-${UI_PASV_MAX:-30049}
 #             user `demo` (password = the demo tenant's key in .stack/secrets/demo)
+#   sshd      127.0.0.1:${UI_SFTP_PORT:-2222}, SFTP only (chrooted internal-sftp), its own Ed25519
+#             host key in .stack/ssh; user `demo-sftp` (password in .stack/secrets/demo-sftp).
+#             The demo registry .stack/tenants.toml (config/tenants.example.toml plus the SFTP demo
+#             tenant, its host key pinned) is written at `up`.
 #   SMTP sink 127.0.0.1:${UI_SMTP_PORT:-2525}, stores a Maildir in .stack/mail
 #   platform fake http://127.0.0.1:${UI_FAKE_PORT:-8089}, tenant demo.learning-admin.com
 #
@@ -40,6 +44,13 @@ DEMO_DOMAIN=demo.learning-admin.com
 DEMO_ADMIN=demo.admin
 FTP_ROOT=/srv/user-import-ftp
 DEMO_HOME="$FTP_ROOT/$DEMO_USER"
+SFTP_USER=demo-sftp
+SFTP_DOMAIN=demo-sftp.learning-admin.com
+# A chroot folder must be root's and writable by nobody else, all the way up.
+SFTP_JAIL=/srv/user-import-sftp
+SFTP_HOME="$SFTP_JAIL/$SFTP_USER/home"
+SSH_DIR="$STATE/ssh"
+REGISTRY="$STATE/tenants.toml"
 WAIT_SECS=${UI_STACK_WAIT_SECS:-60}
 # Only ever edited when this script starts the broker itself (see ensure_consumer_timeout).
 RABBITMQ_CONF=${UI_RABBITMQ_CONF:-/etc/rabbitmq/rabbitmq.conf}
@@ -76,6 +87,7 @@ load_ports() {
     PASV_MAX=${UI_PASV_MAX:-30049}
     SMTP_PORT=${UI_SMTP_PORT:-2525}
     FAKE_PORT=${UI_FAKE_PORT:-8089}
+    SFTP_PORT=${UI_SFTP_PORT:-2222}
     mkdir -p "$STATE"
     cat >"$PORTS_FILE" <<EOF
 FTPS_PORT=$FTPS_PORT
@@ -83,14 +95,15 @@ PASV_MIN=$PASV_MIN
 PASV_MAX=$PASV_MAX
 SMTP_PORT=$SMTP_PORT
 FAKE_PORT=$FAKE_PORT
+SFTP_PORT=$SFTP_PORT
 EOF
   else
-    FTPS_PORT=2121 PASV_MIN=30000 PASV_MAX=30049 SMTP_PORT=2525 FAKE_PORT=8089
+    FTPS_PORT=2121 PASV_MIN=30000 PASV_MAX=30049 SMTP_PORT=2525 FAKE_PORT=8089 SFTP_PORT=2222
     # shellcheck source=/dev/null
     [[ -f $PORTS_FILE ]] && . "$PORTS_FILE"
   fi
   local p
-  for p in "$FTPS_PORT" "$PASV_MIN" "$PASV_MAX" "$SMTP_PORT" "$FAKE_PORT"; do
+  for p in "$FTPS_PORT" "$PASV_MIN" "$PASV_MAX" "$SMTP_PORT" "$FAKE_PORT" "$SFTP_PORT"; do
     if ! [[ $p =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then
       die "not a port number: '$p'"
     fi
@@ -113,6 +126,11 @@ greets_220() {
   local line
   line=$(greeting "$1" "$2") || return 1
   [[ $line == 220* ]]
+}
+greets_ssh() {
+  local line
+  line=$(greeting "$1" "$2") || return 1
+  [[ $line == SSH-2.0-* ]]
 }
 
 # An AMQP-level check: send the AMQP 0-9-1 protocol header; a broker answers with a method frame
@@ -325,19 +343,22 @@ ensure_certs() {
   }
 }
 
-ensure_demo_secret() {
+# ensure_secret TENANT: the tenant's API key in the secrets folder, made once.
+ensure_secret() {
+  local tenant=$1
   mkdir -p "$SECRETS"
   chmod 700 "$SECRETS"
-  if [[ ! -s $SECRETS/demo ]]; then
+  if [[ ! -s $SECRETS/$tenant ]]; then
     (
       umask 077
-      openssl rand -hex 16 >"$SECRETS/demo.tmp"
-      mv "$SECRETS/demo.tmp" "$SECRETS/demo"
+      openssl rand -hex 16 >"$SECRETS/$tenant.tmp"
+      mv "$SECRETS/$tenant.tmp" "$SECRETS/$tenant"
     )
-    log "secrets: generated the demo key in $SECRETS/demo"
+    log "secrets: generated the $tenant key in $SECRETS/$tenant"
   fi
-  [[ $(<"$SECRETS/demo") =~ ^[0-9a-f]{32}$ ]] || die "$SECRETS/demo does not hold 32 hex characters"
+  [[ $(<"$SECRETS/$tenant") =~ ^[0-9a-f]{32}$ ]] || die "$SECRETS/$tenant does not hold 32 hex characters"
 }
+ensure_demo_secret() { ensure_secret "$DEMO_USER"; }
 
 ensure_demo_user() {
   mkdir -p "$FTP_ROOT"
@@ -435,6 +456,139 @@ vsftpd_up() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# sshd (SFTP only), as the test harness runs it: its own host key and configuration, a loopback
+# port, password logins, the demo user chrooted to internal-sftp. The package's own service (port
+# 22, /etc/ssh) is not touched.
+
+ensure_sftp_host_key() {
+  mkdir -p "$SSH_DIR"
+  chmod 700 "$SSH_DIR"
+  if [[ ! -s $SSH_DIR/host_ed25519 || ! -s $SSH_DIR/host_ed25519.pub ]]; then
+    rm -f "$SSH_DIR/host_ed25519" "$SSH_DIR/host_ed25519.pub"
+    ssh-keygen -q -t ed25519 -N "" -C "user-import local sftp" -f "$SSH_DIR/host_ed25519" ||
+      die "ssh-keygen failed"
+    log "sshd: generated the host key in $SSH_DIR/host_ed25519"
+  fi
+}
+
+# The host key as the registry pins it: `ssh-ed25519 AAAA…` (without the comment).
+sftp_host_key() { cut -d' ' -f1,2 "$SSH_DIR/host_ed25519.pub"; }
+# Its SHA256 fingerprint, as ssh and the worker's errors show it.
+sftp_fingerprint() { ssh-keygen -l -E sha256 -f "$SSH_DIR/host_ed25519.pub" | cut -d' ' -f2; }
+
+ensure_sftp_user() {
+  ensure_secret "$SFTP_USER"
+  install -d -o root -g root -m 755 "$SFTP_JAIL" "$SFTP_JAIL/$SFTP_USER"
+  if ! id -u "$SFTP_USER" >/dev/null 2>&1; then
+    useradd -M -d "$SFTP_JAIL/$SFTP_USER" -s /bin/bash -c "user-import SFTP demo tenant (scripts/stack.sh)" "$SFTP_USER"
+    log "sftp: created the local user $SFTP_USER (chroot $SFTP_JAIL/$SFTP_USER)"
+  fi
+  printf '%s:%s\n' "$SFTP_USER" "$(<"$SECRETS/$SFTP_USER")" | chpasswd
+  install -d -o "$SFTP_USER" -g "$SFTP_USER" -m 755 "$SFTP_HOME"
+  local d
+  for d in uploads tmp log reports; do
+    install -d -o "$SFTP_USER" -g "$SFTP_USER" -m 755 "$SFTP_HOME/$d"
+  done
+}
+
+write_sshd_conf() {
+  cat <<EOF
+# Generated by scripts/stack.sh; edits are overwritten.
+ListenAddress 127.0.0.1
+Port $SFTP_PORT
+HostKey $SSH_DIR/host_ed25519
+PidFile $RUN/sshd.own.pid
+UsePAM no
+PermitRootLogin no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile $SSH_DIR/authorized/%u
+AllowUsers $SFTP_USER
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+Match User $SFTP_USER
+  ChrootDirectory $SFTP_JAIL/%u
+  ForceCommand internal-sftp -d /home
+  AllowTcpForwarding no
+  X11Forwarding no
+EOF
+}
+
+# Log in as the SFTP demo user with the pinned host key and list the account's root.
+sftp_login_works() {
+  local listing
+  listing=$(printf 'user = "%s:%s"\n' "$SFTP_USER" "$(<"$SECRETS/$SFTP_USER")" |
+    curl -sS --max-time 10 --hostpubsha256 "$(sftp_fingerprint | sed 's/^SHA256://')" -K - \
+      "sftp://127.0.0.1:$SFTP_PORT/home/" 2>>"$LOGS/sshd.check") || return 1
+  grep -q uploads <<<"$listing"
+}
+
+sshd_up() {
+  [[ -x /usr/sbin/sshd ]] || die "/usr/sbin/sshd is missing (openssh-server)"
+  ensure_sftp_host_key
+  ensure_sftp_user
+  # sshd's privilege separation folder.
+  install -d -o root -g root -m 755 /run/sshd
+  local conf="$STATE/sshd_config" pidfile="$RUN/sshd.pid" out="$LOGS/sshd.log"
+  write_sshd_conf >"$conf.new"
+  /usr/sbin/sshd -t -f "$conf.new" 2>"$LOGS/sshd.check" || {
+    tail_logs "$LOGS/sshd.check"
+    die "sshd refuses its configuration"
+  }
+  local running=0
+  if pid_of "$pidfile" "$conf" >/dev/null; then
+    if cmp -s "$conf.new" "$conf"; then
+      running=1
+    else
+      log "sshd: configuration changed, restarting"
+      stop_pidfile sshd "$pidfile" "$conf"
+    fi
+  fi
+  mv "$conf.new" "$conf"
+  if ((running)); then
+    log "sshd: already running on 127.0.0.1:$SFTP_PORT"
+  else
+    tcp_open 127.0.0.1 "$SFTP_PORT" && die "port 127.0.0.1:$SFTP_PORT is taken by another process (set UI_SFTP_PORT)"
+    log "sshd: starting on 127.0.0.1:$SFTP_PORT (SFTP only)"
+    start_detached "$pidfile" "$out" /usr/sbin/sshd -D -e -f "$conf"
+  fi
+  wait_for "sshd" "$pidfile" "$conf" "$out" greets_ssh 127.0.0.1 "$SFTP_PORT"
+  : >"$LOGS/sshd.check"
+  if ! sftp_login_works; then
+    tail_logs "$LOGS/sshd.check" "$out"
+    die "sshd answers but an SFTP login and listing as $SFTP_USER failed"
+  fi
+  log "sshd: up on 127.0.0.1:$SFTP_PORT (host key $(sftp_fingerprint), $SFTP_USER can log in and list)"
+}
+
+# The demo registry: the example registry, with the SFTP demo tenant and its pinned host key.
+write_registry() {
+  {
+    # The example's demo tenant, pointed at this stack's ports.
+    sed -e "s/^ftps_port = 2121\b/ftps_port = $FTPS_PORT/" -e "s#http://127.0.0.1:8089#http://127.0.0.1:$FAKE_PORT#" \
+      "$ROOT/config/tenants.example.toml"
+    cat <<EOF
+
+# Added by scripts/stack.sh: the SFTP demo tenant on the stack's sshd, its host key pinned.
+[[tenant]]
+name = "$SFTP_USER"
+region = "eu"
+portal_domain = "$SFTP_DOMAIN"
+api_base_url = "http://127.0.0.1:$FAKE_PORT"
+transport = "sftp"
+ftps_host = "127.0.0.1"
+sftp_port = $SFTP_PORT
+sftp_host_key = "$(sftp_host_key)"
+admin = { username = "demo-sftp.admin", email = "admin@demo-sftp.example.com" }
+files = { settle = "5s", archive_retention_days = 30 }
+EOF
+  } >"$REGISTRY.new"
+  mv "$REGISTRY.new" "$REGISTRY"
+  log "registry: $REGISTRY (demo over FTPS, $SFTP_USER over SFTP)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # SMTP sink
 
 smtp_up() {
@@ -473,7 +627,7 @@ fake_up() {
   bin="$(cargo_target_dir)/debug/platform-fake"
   [[ -x $bin ]] || die "no binary at $bin after the build"
   # Restart when the binary was rebuilt or the port changed.
-  stamp="$(stat -c %Y "$bin") $FAKE_PORT"
+  stamp="$(stat -c %Y "$bin") $FAKE_PORT $SFTP_DOMAIN"
   if pid_of "$pidfile" platform-fake >/dev/null; then
     if [[ -f $stampfile && $(<"$stampfile") == "$stamp" ]]; then
       wait_for "platform fake" "$pidfile" platform-fake "$out" fake_answers
@@ -486,10 +640,10 @@ fake_up() {
   tcp_open 127.0.0.1 "$FAKE_PORT" && die "port 127.0.0.1:$FAKE_PORT is taken by another process (set UI_FAKE_PORT)"
   log "platform fake: starting on 127.0.0.1:$FAKE_PORT"
   start_detached "$pidfile" "$out" "$bin" --listen "127.0.0.1:$FAKE_PORT" \
-    --tenant "$DEMO_DOMAIN=$(<"$SECRETS/demo")"
+    --tenant "$DEMO_DOMAIN=$(<"$SECRETS/demo")" --tenant "$SFTP_DOMAIN=$(<"$SECRETS/$SFTP_USER")"
   printf '%s\n' "$stamp" >"$stampfile"
   wait_for "platform fake" "$pidfile" platform-fake "$out" fake_answers
-  log "platform fake: up on http://127.0.0.1:$FAKE_PORT (tenant $DEMO_DOMAIN)"
+  log "platform fake: up on http://127.0.0.1:$FAKE_PORT (tenants $DEMO_DOMAIN, $SFTP_DOMAIN)"
 }
 
 # The demo tenant's nominated admin (config/tenants.example.toml), which `worker doctor` looks up.
@@ -513,7 +667,7 @@ cmd_up() {
     *) die "unknown option for up: $arg" ;;
     esac
   done
-  [[ $EUID -eq 0 ]] || die "run as root (apt-get, useradd and vsftpd need it)"
+  [[ $EUID -eq 0 ]] || die "run as root (apt-get, useradd, vsftpd and sshd need it)"
   load_ports record
   mkdir -p "$STATE" "$LOGS" "$RUN"
   install_missing_packages
@@ -522,6 +676,8 @@ cmd_up() {
   rabbitmq_up
   redis_up
   vsftpd_up
+  sshd_up
+  write_registry
   smtp_up
   if ((with_fake)); then
     fake_up
@@ -548,10 +704,12 @@ cmd_status() {
   status_line redis "$state" "redis://127.0.0.1:$REDIS_PORT" "$(owner_note redis)"
   if pid_of "$RUN/vsftpd.pid" vsftpd >/dev/null && greets_220 127.0.0.1 "$FTPS_PORT"; then state=up; else state=down down=1; fi
   status_line vsftpd "$state" "ftp://127.0.0.1:$FTPS_PORT" "explicit FTPS, passive $PASV_MIN-$PASV_MAX, user $DEMO_USER"
+  if pid_of "$RUN/sshd.pid" "$STATE/sshd_config" >/dev/null && greets_ssh 127.0.0.1 "$SFTP_PORT"; then state=up; else state=down down=1; fi
+  status_line sshd "$state" "sftp://127.0.0.1:$SFTP_PORT" "SFTP only, user $SFTP_USER, host key $(sftp_fingerprint 2>/dev/null || echo '?')"
   if pid_of "$RUN/smtp.pid" aiosmtpd >/dev/null && greets_220 127.0.0.1 "$SMTP_PORT"; then state=up; else state=down down=1; fi
   status_line smtp-sink "$state" "smtp://127.0.0.1:$SMTP_PORT" "Maildir $MAILDIR"
   if pid_of "$RUN/fake.pid" platform-fake >/dev/null && fake_answers; then state=up; else state=down down=1; fi
-  status_line platform-fake "$state" "http://127.0.0.1:$FAKE_PORT" "tenant $DEMO_DOMAIN"
+  status_line platform-fake "$state" "http://127.0.0.1:$FAKE_PORT" "tenants $DEMO_DOMAIN, $SFTP_DOMAIN"
   return "$down"
 }
 
@@ -561,6 +719,8 @@ cmd_stop() {
   rm -f "$RUN/fake.stamp"
   stop_pidfile "smtp sink" "$RUN/smtp.pid" aiosmtpd
   stop_pidfile vsftpd "$RUN/vsftpd.pid" vsftpd
+  stop_pidfile sshd "$RUN/sshd.pid" "$STATE/sshd_config"
+  rm -f "$RUN/sshd.own.pid"
   if [[ -f $RUN/redis.started ]]; then
     if redis_answers; then
       timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
@@ -598,6 +758,13 @@ export UI_SMTP_PORT='$SMTP_PORT'
 export UI_MAILDIR='$MAILDIR'
 export UI_FAKE_PORT='$FAKE_PORT'
 export UI_FAKE_URL='http://127.0.0.1:$FAKE_PORT'
+export UI_SFTP_PORT='$SFTP_PORT'
+export UI_SFTP_USER='$SFTP_USER'
+export UI_SFTP_DOMAIN='$SFTP_DOMAIN'
+export UI_SFTP_HOME='$SFTP_HOME'
+export UI_SFTP_KEY_FILE='$SECRETS/$SFTP_USER'
+export UI_SFTP_HOST_KEY_FILE='$SSH_DIR/host_ed25519.pub'
+export UI_REGISTRY_FILE='$REGISTRY'
 EOF
 }
 

@@ -14,7 +14,9 @@
 //!   imported), one invalid count everywhere, lone-CR line numbers, the reject file fixed and
 //!   uploaded again, the re-run request.
 //! - `job_run`: a job that lost its tenant lock writes nothing more, of any kind.
-//! - `pipeline`: fetch → hash → import → report for one tenant, end to end.
+//! - `pipeline`: fetch → hash → import → report → archive → summary for one tenant, end to end;
+//!   the core scenarios on vsftpd, ProFTPD and OpenSSH SFTP each (no data connection refused, no
+//!   partial file left, also when a session is killed during an upload).
 //! - `tenant_options`: the tenant admin's options: verify-only, skip unchanged rows, the
 //!   mass-change guard and its confirmation, full sync.
 //! - `tenant_safeguards`: the tenant admin stays in control: `notify` recipients, protected

@@ -1,12 +1,21 @@
-//! The import pipeline for one tenant against the real stack: vsftpd over FTPS, the platform fake
-//! over HTTP, the SMTP sink. Each test has its own tenant (account, fake, registry).
+//! The import pipeline for one tenant against the real stack: a file server (vsftpd over FTPS
+//! unless a test says otherwise), the platform fake over HTTP, the SMTP sink. Each test has its own
+//! tenant (account, fake, registry).
+//!
+//! The core scenarios run on each of the three servers the worker must work with, as three tests
+//! each (`<scenario>::vsftpd`, `::proftpd`, `::sftp`): vsftpd and ProFTPD over explicit FTPS, both
+//! requiring TLS session reuse on every data connection (ProFTPD with its default TLS options),
+//! and OpenSSH's SFTP with the host key pinned. Each also reads the server's own log: no data
+//! connection was refused, and no temporary or empty file is left on the account.
+
+use std::time::{Duration, Instant};
 
 use platform_fake::Faults;
 use worker::outcome::{Permanent, Retryable};
 use worker::{JobError, Outcome};
 
 use harness::fixtures::{HEADER, csv_rows};
-use harness::tenant_env::{Options, TenantEnv};
+use harness::tenant_env::{Options, Server, TenantEnv};
 
 fn three_users() -> String {
     format!(
@@ -17,15 +26,73 @@ fn three_users() -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_file_creates_its_users() {
-    let env = TenantEnv::new().await;
-    env.upload(&three_users());
+/// Runs one scenario against each of the three servers, as three tests.
+macro_rules! on_every_server {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn vsftpd() {
+                super::$name(Server::Vsftpd).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn proftpd() {
+                super::$name(Server::Proftpd).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sftp() {
+                super::$name(Server::Sftp).await;
+            }
+        }
+    };
+}
+
+/// What every run on every server must leave: no data connection refused by the server, no
+/// temporary or empty file on the account.
+async fn assert_clean(env: &TenantEnv) {
+    let server = env.account.server;
+    let refused = env.account.refused_data_connections().await;
+    assert!(
+        refused.is_empty(),
+        "{server:?}: refused data connections: {refused:#?}"
+    );
+    let partial = env.account.partial_files();
+    assert!(
+        partial.is_empty(),
+        "{server:?}: temporary or empty files left: {partial:?}"
+    );
+}
+
+/// The one file in a folder of the account whose name ends with `suffix`.
+fn one_file(env: &TenantEnv, dir: &str, suffix: &str) -> String {
+    let names: Vec<String> = env
+        .account
+        .list(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    assert_eq!(names.len(), 1, "one {suffix} file in {dir}: {names:?}");
+    names[0].clone()
+}
+
+fn json(bytes: Option<Vec<u8>>, what: &str) -> serde_json::Value {
+    let bytes = bytes.unwrap_or_else(|| panic!("no {what}"));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{what} is not JSON: {e}"))
+}
+
+/// Import, the tenant's log, the report, the email, the archive and the run summary.
+async fn a_new_file_creates_its_users_with_log_report_archive_and_summary(server: Server) {
+    let env = TenantEnv::on(server).await;
+    let csv = three_users();
+    env.upload(&csv);
     let counts = env.run_imported().await;
     assert_eq!(
         (counts.rows, counts.created, counts.invalid, counts.failed),
         (3, 3, 0, 0),
-        "{counts:?}"
+        "{server:?}: {counts:?}"
     );
 
     let users = env.fake.users(&env.domain);
@@ -66,15 +133,222 @@ async fn a_new_file_creates_its_users() {
         "SHA1",
         "new version",
         "end: imported: 3 rows, 3 created",
+        "archived: /archive/",
+        "summary written: /reports/latest-summary.json",
     ] {
-        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+        assert!(
+            log.contains(needle),
+            "{server:?}: log lacks {needle:?}:\n{log}"
+        );
     }
     assert!(
         !log.contains("Lovelace") && !log.contains("ada@example.org"),
         "no per-user detail in the log:\n{log}"
     );
+    assert_eq!(
+        log.lines().filter(|l| l.contains("start:")).count(),
+        1,
+        "{server:?}: each log line once:\n{log}"
+    );
     assert_eq!(env.markers().len(), 1);
+
+    // The report, and its copy in the one email.
+    let report = one_file(&env, "reports", ".csv");
+    let rows = csv_rows(&env.report(&report));
+    assert_eq!(rows.len(), 4, "header + one row per record: {rows:?}");
+    assert!(rows[1..].iter().all(|r| r[3] == "created"), "{rows:?}");
+    let mails = env.mails(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].attachments.len(), 1);
+    let (_, zipped) = &mails[0].attachments[0];
+    let (inner, bytes) = harness::fixtures::unzip_one(zipped);
+    assert_eq!(inner, report);
+    assert_eq!(csv_rows(&String::from_utf8_lossy(&bytes)), rows);
+
+    // The archive holds the imported bytes.
+    let archived = one_file(&env, "archive", ".csv");
+    assert_eq!(
+        env.account.read(&format!("archive/{archived}")).as_deref(),
+        Some(csv.as_bytes())
+    );
+
+    // The run summary: the latest, and one next to the report.
+    let latest = json(
+        env.account.read("reports/latest-summary.json"),
+        "latest summary",
+    );
+    assert_eq!(latest["outcome"], "imported", "{latest}");
+    assert_eq!(latest["counts"]["created"], 3, "{latest}");
+    assert_eq!(latest["email_sent"], true, "{latest}");
+    assert_eq!(
+        latest["archive_path"],
+        format!("/archive/{archived}").as_str(),
+        "{latest}"
+    );
+    let next_to = json(
+        env.account
+            .read(&format!("reports/{}", report.replace(".csv", ".json"))),
+        "summary next to the report",
+    );
+    assert_eq!(next_to, latest);
+    assert_clean(&env).await;
 }
+on_every_server!(a_new_file_creates_its_users_with_log_report_archive_and_summary);
+
+async fn the_same_file_again_is_skipped_without_any_api_call(server: Server) {
+    let env = TenantEnv::on(server).await;
+    env.upload(&three_users());
+    env.run_imported().await;
+    env.fake.reset_calls();
+    let outcome = env.run().await;
+    assert!(
+        matches!(outcome, Ok(Outcome::AlreadyProcessed { .. })),
+        "{server:?}: {outcome:?}"
+    );
+    assert_eq!(
+        env.fake.calls(&env.domain).total(),
+        0,
+        "{:?}",
+        env.fake.calls(&env.domain)
+    );
+    assert!(env.log().contains("already processed"), "{}", env.log());
+    assert_eq!(
+        env.mails(1).await.len(),
+        1,
+        "no second email for a skipped file"
+    );
+    let latest = json(
+        env.account.read("reports/latest-summary.json"),
+        "latest summary",
+    );
+    assert_eq!(latest["outcome"], "already-processed", "{latest}");
+    assert_eq!(env.account.list("archive").len(), 1, "archived once");
+    assert_clean(&env).await;
+}
+on_every_server!(the_same_file_again_is_skipped_without_any_api_call);
+
+async fn deleting_the_marker_runs_the_file_again(server: Server) {
+    let env = TenantEnv::on(server).await;
+    env.upload(&three_users());
+    env.run_imported().await;
+    let markers = env.markers();
+    assert_eq!(markers.len(), 1);
+    env.account.remove(&format!("tmp/{}", markers[0]));
+    env.fake.reset_calls();
+    let counts = env.run_imported().await;
+    assert_eq!(
+        (counts.rows, counts.unchanged),
+        (3, 3),
+        "re-run is harmless: {counts:?}"
+    );
+    let calls = env.fake.calls(&env.domain);
+    assert_eq!(calls.get("SetUser"), 0, "nothing to write: {calls:?}");
+    assert!(calls.get("GetUser") >= 3, "{calls:?}");
+    assert_eq!(env.markers(), markers);
+    assert_eq!(
+        env.log().matches("end: imported").count(),
+        2,
+        "{server:?}: two runs:\n{}",
+        env.log()
+    );
+    assert_clean(&env).await;
+}
+on_every_server!(deleting_the_marker_runs_the_file_again);
+
+async fn an_account_with_only_uploads_imports_and_gets_its_folders(server: Server) {
+    let env = TenantEnv::with(Options {
+        server,
+        folders: &["uploads"],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(env.account.list(""), ["uploads"]);
+    env.upload(&three_users());
+    let counts = env.run_imported().await;
+    assert_eq!(counts.created, 3, "{server:?}: {counts:?}");
+    let root = env.account.list("");
+    for dir in ["uploads", "tmp", "log", "reports", "archive"] {
+        assert!(
+            root.contains(&dir.to_owned()),
+            "{server:?}: {dir} in {root:?}"
+        );
+    }
+    assert_eq!(env.markers().len(), 1);
+    assert_eq!(env.reports().len(), 1);
+    assert_eq!(env.account.list("archive").len(), 1);
+    assert!(env.log().contains("end: imported: 3 rows, 3 created"));
+    assert_clean(&env).await;
+}
+on_every_server!(an_account_with_only_uploads_imports_and_gets_its_folders);
+
+/// A file of `n` new users, each row padded with 60 extra columns of 1,000 characters (cells
+/// under the import's 1,024-character limit, rows under its 64 KiB record limit): about 60 kB a
+/// row, so that archiving it takes long enough to be cut off.
+fn padded_users(n: usize) -> String {
+    const COLUMNS: usize = 60;
+    let filler: String = std::iter::repeat_n(format!(",{}", "x".repeat(1000)), COLUMNS).collect();
+    let extra: String = (1..=COLUMNS).map(|c| format!(",Notes {c}")).collect();
+    let mut csv = format!("{HEADER}{extra}\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "big{i:03},First{i},Last{i},big{i}@example.org,Sales,,{filler}\n"
+        ));
+    }
+    csv
+}
+
+/// Waits until an upload into `/archive` is under way (its temporary file is there), then kills
+/// the account's sessions on the server; how many processes were killed.
+async fn kill_during_the_archive_upload(env: &TenantEnv) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let uploading = env
+            .account
+            .list("archive")
+            .iter()
+            .any(|n| worker::account::is_temp_name(n));
+        if uploading {
+            return env.account.kill_sessions();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("no archive upload started within 120 s\n{}", env.log());
+}
+
+async fn a_session_killed_during_an_upload_leaves_no_partial_file(server: Server) {
+    let env = TenantEnv::on(server).await;
+    env.upload(&padded_users(300));
+    let (outcome, killed) = tokio::join!(env.run(), kill_during_the_archive_upload(&env));
+    assert!(
+        killed > 0,
+        "{server:?}: no session process was found to kill"
+    );
+    assert!(
+        matches!(outcome, Ok(Outcome::Imported { .. })),
+        "{server:?}: archive trouble never fails an import: {outcome:?}\n{}",
+        env.log()
+    );
+    let log = env.log();
+    assert!(
+        log.contains("the file could not be archived"),
+        "{server:?}: the kill cut the archive upload off:\n{log}"
+    );
+    // The run went on, on a new session: its summary was written after the kill.
+    let latest = json(
+        env.account.read("reports/latest-summary.json"),
+        "latest summary",
+    );
+    assert_eq!(latest["outcome"], "imported", "{latest}");
+    assert_eq!(env.markers().len(), 1);
+    assert_eq!(env.reports().len(), 1);
+    let archive = env.account.list("archive");
+    assert!(
+        archive.is_empty(),
+        "{server:?}: nothing archived: {archive:?}"
+    );
+    assert_clean(&env).await;
+}
+on_every_server!(a_session_killed_during_an_upload_leaves_no_partial_file);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_updates_its_users() {
@@ -110,52 +384,6 @@ async fn a_changed_file_updates_its_users() {
         Some("Deactivated".into())
     );
     assert_eq!(env.markers().len(), 2, "one marker per processed version");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_file_again_is_skipped_without_any_api_call() {
-    let env = TenantEnv::new().await;
-    env.upload(&three_users());
-    env.run_imported().await;
-    env.fake.reset_calls();
-    let outcome = env.run().await;
-    assert!(
-        matches!(outcome, Ok(Outcome::AlreadyProcessed { .. })),
-        "{outcome:?}"
-    );
-    assert_eq!(
-        env.fake.calls(&env.domain).total(),
-        0,
-        "{:?}",
-        env.fake.calls(&env.domain)
-    );
-    assert!(env.log().contains("already processed"), "{}", env.log());
-    assert_eq!(
-        env.mails(1).await.len(),
-        1,
-        "no second email for a skipped file"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_the_marker_runs_the_file_again() {
-    let env = TenantEnv::new().await;
-    env.upload(&three_users());
-    env.run_imported().await;
-    let markers = env.markers();
-    assert_eq!(markers.len(), 1);
-    env.account.remove(&format!("tmp/{}", markers[0]));
-    env.fake.reset_calls();
-    let counts = env.run_imported().await;
-    assert_eq!(
-        (counts.rows, counts.unchanged),
-        (3, 3),
-        "re-run is harmless: {counts:?}"
-    );
-    let calls = env.fake.calls(&env.domain);
-    assert_eq!(calls.get("SetUser"), 0, "nothing to write: {calls:?}");
-    assert!(calls.get("GetUser") >= 3, "{calls:?}");
-    assert_eq!(env.markers(), markers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::FtpAccount;
+use crate::servers::files::AccountFiles;
 
 /// The header of an import file: the columns every generated file has.
 pub const HEADER: &str =
@@ -45,7 +45,7 @@ pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
 }
 
 /// The tenant's log on its account, as written so far (empty when there is none yet).
-pub fn tenant_log(account: &FtpAccount) -> String {
+pub fn tenant_log(account: &AccountFiles) -> String {
     account
         .read(TENANT_LOG)
         .map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -27,6 +27,7 @@ pub mod tenant_env;
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
+pub use servers::Server;
 pub use servers::certs::{TestCerts, client_config};
 pub use servers::ftps::{FtpAccount, FtpsServer, PASV_ADDRESS, ftps};
 pub use servers::proftpd::{ProftpdAccount, ProftpdServer, proftpd, proftpd_tls12};

@@ -1,4 +1,5 @@
-//! One tenant wired to real servers for a pipeline test: its own FTPS account (user = tenant name,
+//! One tenant wired to real servers for a pipeline test: its own account on one of the harness's
+//! file servers ([`Server`]: vsftpd by default, ProFTPD, or OpenSSH SFTP; user = tenant name,
 //! password = API key), its own platform fake on port 0 knowing that key, the process's SMTP sink,
 //! a registry and settings written to a temp dir, and the worker's `Deps` built from them exactly
 //! as `main` builds them.
@@ -14,11 +15,188 @@ use shared::settings::Settings;
 use worker::{Deps, JobContext, JobError, Outcome};
 
 use crate::fixtures::{self, SettingsFile, TenantEntry};
-use crate::{FtpAccount, ReceivedMail};
+pub use crate::servers::Server;
+use crate::servers::files::AccountFiles;
+use crate::{FtpAccount, ProftpdAccount, ReceivedMail, SftpAccount};
+
+/// The folders a new account holds (`Options::folders`' default).
+pub const ACCOUNT_FOLDERS: &[&str] = &["uploads", "tmp", "log", "reports"];
+
+/// The tenant's account on its server: its login and its files as the server shows them.
+pub struct TenantAccount {
+    pub user: String,
+    pub password: String,
+    pub server: Server,
+    held: Held,
+}
+
+/// Keeps the server's account alive (dropping it deletes the account).
+enum Held {
+    Vsftpd(FtpAccount),
+    Proftpd(ProftpdAccount),
+    Sftp(SftpAccount),
+}
+
+impl std::ops::Deref for TenantAccount {
+    type Target = AccountFiles;
+    fn deref(&self) -> &AccountFiles {
+        match &self.held {
+            Held::Vsftpd(a) => a,
+            Held::Proftpd(a) => a,
+            Held::Sftp(a) => a,
+        }
+    }
+}
+
+impl std::fmt::Debug for TenantAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantAccount")
+            .field("user", &self.user)
+            .field("server", &self.server)
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl TenantAccount {
+    /// A new account on `server` whose root holds `folders`.
+    pub async fn create(server: Server, folders: &[&str]) -> Self {
+        let held = match server {
+            Server::Vsftpd => {
+                let account = crate::ftps().await.create_account();
+                for sub in ACCOUNT_FOLDERS {
+                    if !folders.contains(sub) {
+                        account.remove(sub);
+                    }
+                }
+                Held::Vsftpd(account)
+            }
+            Server::Proftpd => Held::Proftpd(crate::proftpd().await.create_account(folders)),
+            Server::Sftp => Held::Sftp(crate::sftp().await.create_account(folders)),
+        };
+        let (user, password) = match &held {
+            Held::Vsftpd(a) => (a.user.clone(), a.password.clone()),
+            Held::Proftpd(a) => (a.user.clone(), a.password.clone()),
+            Held::Sftp(a) => (a.user.clone(), a.password.clone()),
+        };
+        Self {
+            user,
+            password,
+            server,
+            held,
+        }
+    }
+
+    /// How the registry reaches the account: (host, FTPS port, further lines of the entry).
+    async fn registry_access(&self) -> (String, Option<u16>, String) {
+        match self.server {
+            Server::Vsftpd => {
+                let s = crate::ftps().await;
+                (s.host.clone(), Some(s.port), String::new())
+            }
+            Server::Proftpd => {
+                let s = crate::proftpd().await;
+                (s.host.clone(), Some(s.port), String::new())
+            }
+            Server::Sftp => {
+                let s = crate::sftp().await;
+                let lines = format!(
+                    "transport = \"sftp\"\nsftp_port = {}\nsftp_host_key = \"{}\"\n",
+                    s.port, s.host_key
+                );
+                (s.host.clone(), None, lines)
+            }
+        }
+    }
+
+    /// The CA the worker must trust for the account's FTPS server (vsftpd's for SFTP, unused).
+    async fn ca_file(&self) -> PathBuf {
+        match self.server {
+            Server::Proftpd => crate::proftpd().await.ca_file.clone(),
+            _ => crate::ftps().await.ca_file.clone(),
+        }
+    }
+
+    /// The data connections the server refused for this account (`425`/`522` answers), read
+    /// from the server's own log; always empty for SFTP, which has no data connections.
+    pub async fn refused_data_connections(&self) -> Vec<String> {
+        let (log, tag) = match self.server {
+            Server::Vsftpd => (
+                crate::ftps().await.log_file.clone(),
+                format!("[{}]", self.user),
+            ),
+            // ExtendedLog's default format: `host - user [time] "command" code bytes`.
+            Server::Proftpd => (
+                crate::proftpd().await.command_log.clone(),
+                format!(" {} [", self.user),
+            ),
+            Server::Sftp => return Vec::new(),
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut refused: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .filter(|l| refused_answer(self.server, l))
+            .map(str::to_owned)
+            .collect();
+        if self.server == Server::Proftpd {
+            // mod_tls's own verdict; its log does not name the user, and no test of this
+            // process may ever be refused.
+            let tls = crate::proftpd().await.tls_log.clone();
+            let text = std::fs::read_to_string(&tls).unwrap_or_default();
+            refused.extend(
+                text.lines()
+                    .filter(|l| {
+                        l.contains("rejecting data connection") || l.contains("did not reuse")
+                    })
+                    .map(str::to_owned),
+            );
+        }
+        refused
+    }
+
+    /// SIGKILLs the server-side processes of the account's sessions (see
+    /// [`kill_sessions`](crate::servers::sessions::kill_sessions)); how many were killed.
+    pub fn kill_sessions(&self) -> usize {
+        crate::servers::sessions::kill_sessions(self.server, &self.user)
+    }
+
+    /// Files left on the account that an interrupted upload may leave: temporary upload names
+    /// and empty files, anywhere below the root (paths relative to it).
+    pub fn partial_files(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let empty = entry.metadata().map(|m| m.len() == 0).unwrap_or(false);
+                if empty || worker::account::is_temp_name(&name) {
+                    let rel = path.strip_prefix(&self.root).unwrap_or(&path);
+                    found.push(rel.display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+/// Whether a server log line is a refused data connection.
+fn refused_answer(server: Server, line: &str) -> bool {
+    match server {
+        Server::Vsftpd => line.contains("\"425 ") || line.contains("\"522 "),
+        _ => line.contains("\" 425 ") || line.contains("\" 522 "),
+    }
+}
 
 #[derive(Debug)]
 pub struct TenantEnv {
-    pub account: FtpAccount,
+    pub account: TenantAccount,
     pub fake: FakeHandle,
     pub domain: String,
     pub admin_email: String,
@@ -41,6 +219,8 @@ pub struct Options {
     /// The CA file the worker trusts (default: the harness CA).
     pub ca_file: Option<PathBuf>,
     pub concurrency: usize,
+    /// `import.progress_every` (default 2, so that short imports log progress lines).
+    pub progress_every: usize,
     pub extra_settings: String,
     /// Lines of the tenant's `[tenant.import]` table (e.g. `verify_only = true`).
     pub tenant_import: String,
@@ -49,6 +229,10 @@ pub struct Options {
     /// Lines added to the tenant's registry entry (its `files`, `alerts`, … tables). The default
     /// shortens the settle interval so that tests do not wait the production default.
     pub tenant_settings: String,
+    /// The server the tenant's account is on.
+    pub server: Server,
+    /// The folders the account holds when the test starts.
+    pub folders: &'static [&'static str],
 }
 
 /// The tenant settings of [`Options::default`].
@@ -60,10 +244,13 @@ impl Default for Options {
             api_key_on_platform: None,
             ca_file: None,
             concurrency: 4,
+            progress_every: 2,
             extra_settings: String::new(),
             tenant_import: String::new(),
             redis_url: None,
             tenant_settings: FAST_SETTLE.to_owned(),
+            server: Server::Vsftpd,
+            folders: ACCOUNT_FOLDERS,
         }
     }
 }
@@ -73,10 +260,19 @@ impl TenantEnv {
         Self::with(Options::default()).await
     }
 
+    /// A tenant with the default options on `server`.
+    pub async fn on(server: Server) -> Self {
+        Self::with(Options {
+            server,
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn with(opts: Options) -> Self {
-        let ftps = crate::ftps().await;
         let smtp = crate::smtp().await;
-        let account = ftps.create_account();
+        let account = TenantAccount::create(opts.server, opts.folders).await;
+        let (host, port, access) = account.registry_access().await;
         let domain = format!("{}.learning-admin.com", account.user);
         let platform_key = opts
             .api_key_on_platform
@@ -93,11 +289,11 @@ impl TenantEnv {
         let registry = TenantEntry {
             portal_domain: domain.clone(),
             api_base_url: fake.base_url(),
-            ftps_host: ftps.host.clone(),
-            ftps_port: Some(ftps.port),
+            ftps_host: host,
+            ftps_port: port,
             admin_username: format!("{}.admin", account.user),
             admin_email: admin_email.clone(),
-            extra: opts.tenant_settings.clone(),
+            extra: format!("{access}{}", opts.tenant_settings),
             ..TenantEntry::new(&account.user)
         }
         .toml();
@@ -112,7 +308,10 @@ impl TenantEnv {
         SettingsFile {
             work_dir: dir.path().to_owned(),
             registry: registry_path.clone(),
-            ca_file: opts.ca_file.clone().unwrap_or_else(|| ftps.ca_file.clone()),
+            ca_file: match opts.ca_file.clone() {
+                Some(file) => file,
+                None => account.ca_file().await,
+            },
             smtp_host: smtp.host.clone(),
             smtp_port: smtp.port,
             smtp_timeout: Some("10s"),
@@ -120,7 +319,7 @@ impl TenantEnv {
             redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url),
             redis_prefix: redis_prefix.clone(),
             import_concurrency: opts.concurrency,
-            progress_every: 2,
+            progress_every: opts.progress_every,
             extra: opts.extra_settings.clone(),
         }
         .write(&settings_path);
@@ -239,4 +438,22 @@ fn redis_prefix_of(user: &str) -> String {
 
 fn name(s: &str) -> shared::TenantName {
     shared::TenantName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Server, refused_answer};
+
+    #[test]
+    fn a_refused_data_connection_is_recognised_in_each_servers_log() {
+        let vsftpd = r#"Sun Nov 29 19:55:18 2026 [pid 9297] [t-a3eed68f] FTP response: Client "127.0.0.1", "522 SSL connection failed: session reuse required""#;
+        assert!(refused_answer(Server::Vsftpd, vsftpd));
+        let fine = r#"Sun Nov 29 19:55:18 2026 [pid 9297] [t-a3eed68f] FTP response: Client "127.0.0.1", "226 Transfer done.""#;
+        assert!(!refused_answer(Server::Vsftpd, fine));
+        let proftpd = r#"127.0.0.1 UNKNOWN pf-1a2b3c4d [29/Nov/2026:19:24:09 +0000] "STOR /tmp/.f.part-0badf00d" 425 -"#;
+        assert!(refused_answer(Server::Proftpd, proftpd));
+        let fine =
+            r#"127.0.0.1 UNKNOWN pf-1a2b3c4d [29/Nov/2026:19:24:09 +0000] "NLST /tmp" 450 -"#;
+        assert!(!refused_answer(Server::Proftpd, fine));
+    }
 }

@@ -12,6 +12,9 @@
 //! workers' job events, the queues. See `docs/reliability.md` for what each trial does and how to
 //! read the table.
 //!
+//! `--only long-import` runs the trial that is not in the default selection: imports that last
+//! longer than vsftpd's 300 s idle timeout, over FTPS and SFTP (`long.rs`), bounded at 15 min.
+//!
 //! The run is bounded (`--short` 5 min, `--long` 20 min): past that it stops itself, kills the
 //! workers it started and exits 2. It exits 1 when any job was lost, any tenant ran twice at once,
 //! any user was created twice or is missing, or a trial could not run; 0 otherwise. Everything
@@ -20,6 +23,7 @@
 mod common;
 mod ftps;
 mod kill;
+mod long;
 mod restart;
 mod sched;
 mod stop;
@@ -86,7 +90,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 8] = [
+const TRIALS: [&str; 9] = [
     "sigkill",
     "sigstop",
     "api-storm",
@@ -95,7 +99,14 @@ const TRIALS: [&str; 8] = [
     "rabbitmq",
     "smtp",
     "ftps",
+    "long-import",
 ];
+
+/// Trials run only when named with `--only` (they last longer than a run's budget).
+const NOT_BY_DEFAULT: [&str; 1] = ["long-import"];
+
+/// The long-import trial's own bound (two imports of about 500 s, side by side).
+const LONG_IMPORT_BUDGET: Duration = Duration::from_secs(900);
 
 fn parse_args() -> Result<Args, String> {
     let mut plan = Plan::short();
@@ -167,20 +178,24 @@ fn main() {
 async fn run(args: Args) -> i32 {
     let started = Instant::now();
     let plan = args.plan;
+    // Built before the clock starts: cargo builds the worker binary once.
+    let _ = harness::binaries::worker_binary();
+    let wanted = |name: &str| match &args.only {
+        Some(only) => only.iter().any(|t| t == name),
+        None => !NOT_BY_DEFAULT.contains(&name),
+    };
+    let budget = if wanted("long-import") {
+        plan.budget.max(LONG_IMPORT_BUDGET)
+    } else {
+        plan.budget
+    };
     eprintln!(
         "chaos: {} run, seed {} (repeat with --seed {}), budget {:?}",
         if plan.long { "long" } else { "short" },
         args.seed,
         args.seed,
-        plan.budget
+        budget
     );
-    // Built before the clock starts: cargo builds the worker binary once.
-    let _ = harness::binaries::worker_binary();
-    let wanted = |name: &str| {
-        args.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|t| t == name))
-    };
     let trials = async {
         let mut rows = Vec::new();
         let mut seed = args.seed;
@@ -215,6 +230,21 @@ async fn run(args: Args) -> i32 {
         }
         rows
     };
+    // Mostly waiting on the fake's latency: it runs beside the other trials.
+    let trials = async {
+        let long = async {
+            if wanted("long-import") {
+                // Not `guarded_rows`: it starts no worker process, and must not kill those of the
+                // trials running beside it.
+                caught("long-import", long::run()).await
+            } else {
+                Vec::new()
+            }
+        };
+        let (mut rows, long) = tokio::join!(trials, long);
+        rows.extend(long);
+        rows
+    };
     let interrupted = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -229,13 +259,13 @@ async fn run(args: Args) -> i32 {
         }
     };
     let rows = tokio::select! {
-        rows = tokio::time::timeout(plan.budget, trials) => match rows {
+        rows = tokio::time::timeout(budget, trials) => match rows {
             Ok(rows) => rows,
             Err(_) => {
                 eprintln!(
                     "chaos: FAILED: the run did not finish within its budget of {:?}; the \
                      workers it started are killed",
-                    plan.budget
+                    budget
                 );
                 return 2;
             }
@@ -277,6 +307,13 @@ async fn guarded_rows(
     name: &str,
     trial: impl Future<Output = anyhow::Result<Vec<Row>>>,
 ) -> Vec<Row> {
+    let rows = caught(name, trial).await;
+    common::kill_started_processes();
+    rows
+}
+
+/// Runs one trial; a panic or an error becomes a failed row.
+async fn caught(name: &str, trial: impl Future<Output = anyhow::Result<Vec<Row>>>) -> Vec<Row> {
     eprintln!("chaos: {name}: starting");
     let started = Instant::now();
     let result = std::panic::AssertUnwindSafe(trial).catch_unwind().await;
@@ -296,6 +333,5 @@ async fn guarded_rows(
         "chaos: {name}: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    common::kill_started_processes();
     rows
 }

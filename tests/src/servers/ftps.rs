@@ -107,7 +107,9 @@ fn start() -> FtpsServer {
 pub const PASV_ADDRESS: &str = "127.0.0.2";
 
 /// vsftpd exits with status 2 and no message on an unknown or malformed line: keep to the
-/// options of the verified recipe.
+/// options of the verified recipe. The idle timeouts (`idle_session_timeout`, 300 s, and
+/// `data_connection_timeout`) are left at vsftpd's defaults: the long-import trial
+/// (`examples/chaos/long.rs`) relies on a job's session outliving the default idle timeout.
 fn vsftpd_conf(port: u16, pasv: (u16, u16), certs: &TestCerts, log_file: &Path) -> String {
     format!(
         "listen=YES\n\
@@ -319,5 +321,27 @@ impl Drop for FtpAccount {
             );
         }
         let _ = fs::remove_dir_all(&self.files.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::{TestCerts, vsftpd_conf};
+
+    #[test]
+    fn the_idle_timeouts_are_left_at_vsftpds_defaults() {
+        let certs = TestCerts {
+            ca_file: PathBuf::from("ca.pem"),
+            other_ca_file: PathBuf::from("other.pem"),
+            server_cert: PathBuf::from("server.pem"),
+            server_key: PathBuf::from("server.key"),
+        };
+        let conf = vsftpd_conf(2121, (30000, 30039), &certs, &PathBuf::from("vsftpd.log"));
+        assert!(conf.contains("require_ssl_reuse=YES"), "{conf}");
+        for key in ["idle_session_timeout", "data_connection_timeout"] {
+            assert!(!conf.contains(key), "{key} is set:\n{conf}");
+        }
     }
 }

@@ -23,11 +23,24 @@ pub mod ftps;
 pub mod process;
 pub mod proftpd;
 pub mod rabbitmq;
+pub mod sessions;
 pub mod sftp;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+/// The file server a tenant's account is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Server {
+    /// vsftpd, explicit FTPS (`require_ssl_reuse=YES`).
+    #[default]
+    Vsftpd,
+    /// ProFTPD, explicit FTPS with its default TLS options (session reuse required).
+    Proftpd,
+    /// OpenSSH's sshd, chrooted `internal-sftp`, its host key pinned in the registry.
+    Sftp,
+}
 
 /// This process's scratch directory (`$TMPDIR/ui-it-<pid>-<random>`, mode 0755), made on first
 /// use after removing the leftovers of dead test processes. It is kept after the process ends so
