@@ -350,6 +350,61 @@ async fn a_session_killed_during_an_upload_leaves_no_partial_file(server: Server
 }
 on_every_server!(a_session_killed_during_an_upload_leaves_no_partial_file);
 
+/// Waits until the worker's download of the upload is under way (its local copy in the work
+/// folder is growing), then kills the account's sessions on the server; how many were killed.
+async fn kill_during_the_download(env: &TenantEnv) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let downloading = std::fs::read_dir(env._dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("user-import-")
+                    && name.ends_with(".csv")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            });
+        if downloading {
+            return env.account.kill_sessions();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("no download started within 120 s\n{}", env.log());
+}
+
+/// A session killed while the upload is being downloaded fails the run as a retryable
+/// transport error (the fleet retries it); the retry imports the file, and each user is
+/// created once.
+async fn a_session_killed_mid_download_is_retried_and_imported_once(server: Server) {
+    let env = TenantEnv::on(server).await;
+    let rows = 600;
+    env.upload(&padded_users(rows));
+    let (first, killed) = tokio::join!(env.run(), kill_during_the_download(&env));
+    assert!(
+        killed > 0,
+        "{server:?}: no session process was found to kill"
+    );
+    assert!(
+        matches!(first, Err(JobError::Retryable(Retryable::Ftps(_)))),
+        "{server:?}: a download cut off is a retryable transport error: {first:?}\n{}",
+        env.log()
+    );
+    assert!(env.markers().is_empty(), "{server:?}: no marker yet");
+    let counts = env.run_imported().await;
+    assert_eq!(counts.created, rows as u64, "{server:?}: {counts:?}");
+    let calls = env.fake.calls(&env.domain);
+    assert_eq!(
+        calls.get(platform_fake::call::SET_USER),
+        rows as u64,
+        "{server:?}: each user written once"
+    );
+    assert_eq!(env.markers().len(), 1);
+    assert_eq!(env.reports().len(), 1);
+    assert_clean(&env).await;
+}
+on_every_server!(a_session_killed_mid_download_is_retried_and_imported_once);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_updates_its_users() {
     let env = TenantEnv::new().await;
