@@ -405,6 +405,37 @@ async fn a_session_killed_mid_download_is_retried_and_imported_once(server: Serv
 }
 on_every_server!(a_session_killed_mid_download_is_retried_and_imported_once);
 
+/// A key the server does not take is the tenant's credentials, not an outage: the job fails for
+/// good (`bad-ftps-credentials`, whichever the protocol), and is not retried.
+async fn a_wrong_password_fails_the_job_for_good_as_bad_credentials(server: Server) {
+    let env = TenantEnv::on(server).await;
+    env.upload(&three_users());
+    let deps = env.deps_with_key("not-the-password", "", &[]);
+    let outcome = worker::process_job(
+        &deps,
+        env.tenant(),
+        worker::JobContext::manual(uuid::Uuid::new_v4()),
+    )
+    .await;
+    let Err(error) = &outcome else {
+        panic!("{server:?}: a wrong password must fail the job: {outcome:?}");
+    };
+    assert!(
+        matches!(error, JobError::Permanent(Permanent::FtpsCredentials)),
+        "{server:?}: {error:?}"
+    );
+    assert_eq!(error.reason(), "bad-ftps-credentials");
+    assert!(!error.is_retryable(), "{server:?}: not retried");
+    assert!(
+        env.fake
+            .users(&env.domain)
+            .iter()
+            .all(|u| !["ada", "alan", "grace"].contains(&u.username.as_str())),
+        "{server:?}: nothing imported"
+    );
+}
+on_every_server!(a_wrong_password_fails_the_job_for_good_as_bad_credentials);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_updates_its_users() {
     let env = TenantEnv::new().await;

@@ -2,7 +2,6 @@
 //! over FTPS, the platform fake, the SMTP sink, the machine's Redis): upload completeness, the
 //! archive and its retention, the run summary JSON, and the alert emails.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +9,6 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use redis::AsyncCommands;
-use shared::registry::Registry;
-use shared::registry::secrets::SecretSource;
-use shared::settings::Settings;
 use worker::outcome::{Permanent, Retryable};
 use worker::{Deps, JobContext, JobError, Outcome};
 
@@ -482,22 +478,11 @@ async fn a_stopped_job_writes_no_summary_and_the_next_run_does() {
 /// `Deps` from the test's settings and registry (plus `registry_extra` in the tenant's entry),
 /// with a key that neither the FTPS server nor the API accepts.
 fn wrong_key_deps(env: &TenantEnv, registry_extra: &str, redis_url: Option<&str>) -> Deps {
-    let tenant = shared::TenantName::parse(env.tenant()).unwrap_or_else(|e| panic!("{e}"));
-    let mut vars = HashMap::from([(
-        SecretSource::env_var_for(&tenant),
-        "not-the-password".to_owned(),
-    )]);
-    if let Some(url) = redis_url {
-        vars.insert("USER_IMPORT__REDIS__URL".into(), url.into());
-    }
-    let settings =
-        Settings::load(Some(&env.settings_path), &vars).unwrap_or_else(|e| panic!("{e}"));
-    let path = env._dir.path().join("tenants.toml");
-    // The tenant's entry without its `[tenant.import]` table, so that the extra lines land in it.
-    let text = format!("{}{registry_extra}\n", env.registry_base);
-    let registry = Registry::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-    Deps::build(settings, registry, SecretSource::new(None, &vars))
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    let vars: Vec<(&str, &str)> = redis_url
+        .map(|url| ("USER_IMPORT__REDIS__URL", url))
+        .into_iter()
+        .collect();
+    env.deps_with_key("not-the-password", registry_extra, &vars)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

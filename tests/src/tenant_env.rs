@@ -359,6 +359,25 @@ impl TenantEnv {
         &self.account.user
     }
 
+    /// This tenant's dependencies with another key (the API key, which is the account's password
+    /// too), `vars` added to the environment the settings read, and `registry_extra` appended to
+    /// its registry entry (its `[tenant.import]` table, see `registry_base`).
+    pub fn deps_with_key(&self, key: &str, registry_extra: &str, vars: &[(&str, &str)]) -> Deps {
+        let tenant = shared::TenantName::parse(self.tenant()).unwrap_or_else(|e| panic!("{e}"));
+        let mut env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.insert(SecretSource::env_var_for(&tenant), key.to_owned());
+        let settings =
+            Settings::load(Some(&self.settings_path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let path = self._dir.path().join("tenants.toml");
+        let text = format!("{}{registry_extra}\n", self.registry_base);
+        let registry = Registry::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        Deps::build(settings, registry, SecretSource::new(None, &env))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     pub fn upload(&self, csv: &str) {
         self.account.put("uploads/user-import.csv", csv.as_bytes());
     }
