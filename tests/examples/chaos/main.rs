@@ -12,7 +12,7 @@
 //! workers' job events, the queues. See `docs/reliability.md` for what each trial does and how to
 //! read the table.
 //!
-//! The run is bounded (`--short` 5 min, `--long` 20 min): past that it stops itself, kills the
+//! The run is bounded (`--short` 5 min, `--long` 30 min): past that it stops itself, kills the
 //! workers it started and exits 2. It exits 1 when any job was lost, any tenant ran twice at once,
 //! any user was created twice or is missing, or a trial could not run; 0 otherwise. Everything
 //! it talks to is on 127.0.0.1.
@@ -20,6 +20,7 @@
 mod common;
 mod ftps;
 mod kill;
+mod redis_faults;
 mod restart;
 mod sched;
 mod stop;
@@ -75,7 +76,7 @@ impl Plan {
             storm_tenants: 3,
             ticks: 300,
             restarts: 3,
-            budget: Duration::from_secs(1200),
+            budget: Duration::from_secs(1800),
         }
     }
 }
@@ -86,7 +87,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 8] = [
+const TRIALS: [&str; 11] = [
     "sigkill",
     "sigstop",
     "api-storm",
@@ -95,7 +96,13 @@ const TRIALS: [&str; 8] = [
     "rabbitmq",
     "smtp",
     "ftps",
+    "redis-outage",
+    "redis-loss",
+    "fresh-tenants",
 ];
+
+/// Trials of the long run only (a short run does them when `--only` names them).
+const LONG_ONLY: [&str; 2] = ["redis-loss", "fresh-tenants"];
 
 fn parse_args() -> Result<Args, String> {
     let mut plan = Plan::short();
@@ -160,7 +167,7 @@ fn main() {
         }
     };
     let code = runtime.block_on(run(args));
-    common::kill_started_processes();
+    common::kill_started_processes(true);
     std::process::exit(code);
 }
 
@@ -176,18 +183,27 @@ async fn run(args: Args) -> i32 {
     );
     // Built before the clock starts: cargo builds the worker binary once.
     let _ = harness::binaries::worker_binary();
-    let wanted = |name: &str| {
-        args.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|t| t == name))
+    let wanted = |name: &str| match &args.only {
+        Some(only) => only.iter().any(|t| t == name),
+        None => plan.long || !LONG_ONLY.contains(&name),
+    };
+    let mut seed = args.seed;
+    let mut next_rng = || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        StdRng::seed_from_u64(seed)
+    };
+    // The two-minute Redis outage mostly waits: it runs alongside the other trials (its own
+    // private Redis, queues and tenants), so it adds little to the run's length.
+    let outage_rng = next_rng();
+    let outage = async {
+        if wanted("redis-outage") {
+            Some(guarded("redis-outage", redis_faults::outage(plan, outage_rng)).await)
+        } else {
+            None
+        }
     };
     let trials = async {
         let mut rows = Vec::new();
-        let mut seed = args.seed;
-        let mut next_rng = || {
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            StdRng::seed_from_u64(seed)
-        };
         // One at a time: the machine has two cores, and a trial's timings are its own.
         if wanted("sigkill") {
             rows.push(guarded("sigkill", kill::run(plan, next_rng())).await);
@@ -213,6 +229,17 @@ async fn run(args: Args) -> i32 {
         if wanted("ftps") {
             rows.push(guarded("ftps-down", ftps::run(plan, next_rng())).await);
         }
+        if wanted("fresh-tenants") {
+            rows.push(guarded("fresh-tenants", redis_faults::fresh(plan, next_rng())).await);
+        }
+        if wanted("redis-loss") {
+            rows.push(guarded("redis-loss", redis_faults::loss(plan, next_rng())).await);
+        }
+        rows
+    };
+    let trials = async {
+        let (mut rows, outage) = tokio::join!(trials, outage);
+        rows.extend(outage);
         rows
     };
     let interrupted = async {
@@ -296,6 +323,6 @@ async fn guarded_rows(
         "chaos: {name}: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    common::kill_started_processes();
+    common::kill_started_processes(false);
     rows
 }
