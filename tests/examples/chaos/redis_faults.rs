@@ -5,11 +5,12 @@
 //!   are queued and two in-process workers consume. Evidence: no dead letter (the dead-letter
 //!   queue is read back), every job ends `imported` exactly once (job events), the fake holds
 //!   every user, each created once.
-//! - `redis-loss`: whole jobs under a 60 s lock TTL while Redis loses its data three ways: a
+//! - `redis-loss`: whole jobs under a 60 s lock TTL while Redis loses its data three ways:
 //!   `FLUSHALL`, a restart from a snapshot taken before the round's runs (its fence counters one
-//!   round old), a restart empty. Three workers,
-//!   two tenants with imports of a dozen seconds (the fake answers slowly); each fault lands
-//!   mid-import and a fresh job per tenant follows at once. Evidence: no two runs of a tenant
+//!   round old), a restart empty. Three workers, two tenants with imports of about half a minute
+//!   (the fake answers slowly), longer than a renewal period, so the holder from before meets
+//!   the loss at a renewal and stops; each fault lands mid-import and a fresh job per tenant
+//!   follows at once. Evidence: no two runs of a tenant
 //!   overlap by the job events, nor by the fake's write log (every write falls inside exactly one
 //!   run of its tenant); the lock fence of every run (the tenant log's start lines) is new.
 //! - `fresh-tenants`: 40 brand-new tenants, one worker, prefetch 4, lock TTL 60 s, on the
@@ -239,7 +240,9 @@ enum Loss {
     EmptyRestart,
 }
 
-const LOSS_USERS: usize = 60;
+/// Enough for an import of about half a minute at 250 ms per call: longer than a renewal
+/// period (a third of the TTL), so the holder from before meets the loss at a renewal and stops.
+const LOSS_USERS: usize = 120;
 
 /// Whole jobs under a 60 s TTL while Redis loses its data.
 pub async fn loss(_plan: Plan, _rng: StdRng) -> Result<Row> {
@@ -262,7 +265,7 @@ pub async fn loss(_plan: Plan, _rng: StdRng) -> Result<Row> {
 async fn loss_on(env: &FleetEnv, redis: &mut PrivateRedis) -> Result<Row> {
     let mut row = Row::new("redis-loss");
     env.fake.set_faults(Faults {
-        latency_ms: 150,
+        latency_ms: 250,
         ..Faults::default()
     });
     let (tx, mut events) = Events::new();
@@ -290,6 +293,13 @@ async fn loss_on(env: &FleetEnv, redis: &mut PrivateRedis) -> Result<Row> {
     }
     result?;
     let (fences, reused) = fences(env);
+    events.drain();
+    // Holders from before the loss stopped by it (a renewal in the new epoch) and retried.
+    let stopped = events
+        .all
+        .iter()
+        .filter(|e| e.disposition == "retry-scheduled" && e.reason == "cancelled")
+        .count();
     row.overlaps += reused;
     for i in 0..env.accounts.len() {
         row.overlaps += events.overlapping_runs(env.tenant(i));
@@ -297,10 +307,10 @@ async fn loss_on(env: &FleetEnv, redis: &mut PrivateRedis) -> Result<Row> {
         row.duplicate_creates += env.fake.calls(&env.domain(i)).duplicate_creates();
     }
     row.notes = format!(
-        "lock TTL 60 s, 3 workers, 2 tenants × {LOSS_USERS} users a round (150 ms per API call); \
-         {}; fences seen {fences}, reused {reused}; writes outside exactly one run of their \
-         tenant (the fake's write log against the runs) counted as overlaps; recovery = the \
-         loss → the interrupted job imported",
+        "lock TTL 60 s, 3 workers, 2 tenants × {LOSS_USERS} users a round (250 ms per API call); \
+         {}; holders stopped by the loss and retried: {stopped}; fences seen {fences}, reused \
+         {reused}; writes of the fake's write log outside exactly one run of their tenant: \
+         counted as overlaps; recovery = the loss → the interrupted job completed",
         notes.join("; ")
     );
     Ok(row)
