@@ -379,21 +379,22 @@ async fn loss_round(
             .wait_settled(&j.job_id, Duration::from_secs(300))
             .await
         {
+            Ok(e) if e.disposition == "dead-lettered" => {
+                row.dead_lettered += 1;
+                outcomes.push(format!("dead-lettered ({})", e.reason));
+            }
             Ok(e) => {
-                if e.disposition == "dead-lettered" {
-                    row.dead_lettered += 1;
-                }
                 if jobs.iter().any(|o| o.job_id == j.job_id)
                     && let Some(end) = e.ended
                 {
                     row.recovery
                         .push((end - lost_at).to_std().unwrap_or_default());
                 }
-                outcomes.push(e.disposition);
+                outcomes.push(e.disposition.to_owned());
             }
             Err(_) => {
                 row.lost += 1;
-                outcomes.push("lost");
+                outcomes.push("lost".to_owned());
             }
         }
     }

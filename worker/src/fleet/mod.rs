@@ -32,7 +32,7 @@ use crate::job::{JobContext, LockHold};
 use crate::outcome::{JobError, Outcome, Retryable};
 use crate::pipeline::process_job;
 use admission::Admission;
-use disposition::{Disposition, HEADER_HANDED_BACK};
+use disposition::{Disposition, HEADER_BUSY_BOUNCES, HEADER_BUSY_SINCE, HEADER_HANDED_BACK};
 pub use events::JobEvent;
 pub use lock::Locks;
 
@@ -379,7 +379,12 @@ pub fn after_job(
                         delay_ms = delay.as_millis() as u64,
                         "retrying later"
                     );
-                    let mut headers = vec![(HEADER_ATTEMPT, AMQPValue::LongUInt(next))];
+                    // A wait for the tenant starts afresh after a run.
+                    let mut headers = vec![
+                        (HEADER_ATTEMPT, AMQPValue::LongUInt(next)),
+                        (HEADER_BUSY_BOUNCES, AMQPValue::LongUInt(0)),
+                        (HEADER_BUSY_SINCE, AMQPValue::LongLongInt(0)),
+                    ];
                     if matches!(r, Retryable::Cancelled) {
                         headers.push((HEADER_HANDED_BACK, AMQPValue::Boolean(true)));
                     }
@@ -439,6 +444,14 @@ mod tests {
             after_job(&dup, 0, false, &topology()),
             Disposition::Duplicate
         );
+    }
+
+    #[test]
+    fn a_handed_back_job_waits_for_its_tenant_as_long_as_a_running_job_can_hold_the_lock() {
+        let (limit, ttl) = (Duration::from_secs(25 * 60), Duration::from_secs(60));
+        assert!(admission::may_wait_again(Duration::ZERO, limit, ttl));
+        assert!(admission::may_wait_again(limit + ttl, limit, ttl));
+        assert!(!admission::may_wait_again(limit + 3 * ttl, limit, ttl));
     }
 
     #[test]
