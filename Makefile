@@ -11,10 +11,10 @@ demo: ## the main job locally: stack up, the FTPS and the SFTP demo tenants impo
 test: ## the whole test suite (services, fmt, clippy, tests) - what CI runs
 	scripts/test.sh
 
-chaos: ## fault trials with figures, short (~2-3 min; in CI): kills, stops, storms, restarts; see docs/reliability.md
+chaos: ## fault trials with figures, short (~3 min; in CI): kills, stops, storms, restarts, a Redis outage; see docs/reliability.md
 	scripts/chaos.sh --short
 
-chaos-long: ## the long fault run (~6-7 min) whose figures docs/reliability.md records
+chaos-long: ## the long fault run (~15 min) whose figures docs/reliability.md records
 	scripts/chaos.sh --long
 
 doctor: ## the onboarding checklist of a tenant on the local stack (TENANT=demo): worker doctor, docs/operations.md

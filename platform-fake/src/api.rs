@@ -56,6 +56,9 @@ async fn admit(
         let within_limit = store.count_request();
         if let Some(tenant) = store.tenant_mut(&domain) {
             tenant.calls.record(call);
+            if [call::SET_USER, call::SET_USERS, call::DELETE_USER].contains(&call) {
+                tenant.write_log.push(std::time::SystemTime::now());
+            }
             if !within_limit {
                 tenant.calls.injected_429 += 1;
             }

@@ -149,11 +149,21 @@ impl FakeHandle {
         store.per_second.iter().map(|(s, n)| (*s, *n)).collect()
     }
 
-    /// Zeroes every tenant's call counters.
+    /// When each of the tenant's write requests arrived, in order (empty for an unknown tenant).
+    pub fn write_log(&self, domain: &str) -> Vec<std::time::SystemTime> {
+        let store = self.store.lock();
+        store
+            .tenant(domain)
+            .map(|t| t.write_log.clone())
+            .unwrap_or_default()
+    }
+
+    /// Zeroes every tenant's call counters (and its write log).
     pub fn reset_calls(&self) {
         let mut store = self.store.lock();
         for tenant in store.tenants_mut() {
             tenant.calls = CallCounts::default();
+            tenant.write_log.clear();
         }
     }
 

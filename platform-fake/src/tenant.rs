@@ -21,6 +21,10 @@ pub(crate) struct Tenant {
     /// Every group that exists on the tenant (created on first use, never deleted).
     pub groups: BTreeSet<String>,
     pub calls: CallCounts,
+    /// When each authenticated write request (`SetUser`, `SetUsers`, `DeleteUser`) arrived, in
+    /// order: the write log trials read overlaps from. Kept apart from `calls`, which is cloned
+    /// whenever it is read.
+    pub write_log: Vec<std::time::SystemTime>,
 }
 
 impl Tenant {
@@ -31,6 +35,7 @@ impl Tenant {
             users: BTreeMap::new(),
             groups: BTreeSet::new(),
             calls: CallCounts::default(),
+            write_log: Vec::new(),
         }
     }
 

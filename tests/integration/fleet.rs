@@ -65,10 +65,12 @@ async fn two_workers_never_run_one_tenant_at_the_same_time() {
         *by_disposition.entry(e.disposition).or_default() += 1;
     }
     assert_eq!(events.len(), published, "{by_disposition:?}");
+    // `superseded`: a job of an earlier tick that came after a later tick's run (the tick
+    // record on the tenant's account).
     assert!(
         events.iter().all(|e| matches!(
             e.disposition,
-            "imported" | "already-processed" | "skipped-busy"
+            "imported" | "already-processed" | "skipped-busy" | "superseded"
         )),
         "{by_disposition:?}"
     );
@@ -191,7 +193,10 @@ async fn a_worker_killed_mid_import_loses_no_job() {
         "every user created once the job was redelivered"
     );
     assert!(
-        !env.accounts[0].list("tmp").is_empty(),
+        env.accounts[0]
+            .list("tmp")
+            .iter()
+            .any(|n| n.ends_with(".sha1")),
         "the marker was written"
     );
     assert!(
@@ -430,7 +435,10 @@ async fn after_a_broker_restart_mid_run_the_scheduler_and_workers_recover_and_th
             "tenant {i} fully imported"
         );
         assert!(
-            !env.accounts[i].list("tmp").is_empty(),
+            env.accounts[i]
+                .list("tmp")
+                .iter()
+                .any(|n| n.ends_with(".sha1")),
             "tenant {i} has its marker"
         );
     }
@@ -789,6 +797,75 @@ async fn a_job_dead_lettered_after_its_retries_tells_the_admin_once() {
             .users(&env.domain(0))
             .iter()
             .all(|u| !u.username.starts_with("gu"))
+    );
+    env.cleanup().await;
+}
+
+/// A job past `worker.job_timeout` (2 s here, with the fake answering each call in 150 ms so 100
+/// users take longer): it ends `job-timeout`, not as a cancellation to retry; the tenant log,
+/// the run summary and an email to the admin say so; its dead letter carries that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_past_its_time_limit_ends_as_job_timeout_and_the_tenant_and_the_admin_are_told() {
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        job_timeout: "2s",
+        ..FleetOptions::default()
+    })
+    .await;
+    env.accounts[0].put("uploads/user-import.csv", users_csv("slow", 100).as_bytes());
+    env.fake.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = env.spawn_worker("w1", tx);
+    let job = env.publish_job(env.tenant(0), Utc::now()).await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        e.iter().any(|e| e.job_id == job.job_id.to_string())
+    })
+    .await;
+    worker.shutdown().await;
+    let event = &events[events.len() - 1];
+    assert_eq!(
+        (event.disposition, event.reason.as_str()),
+        ("dead-lettered", "job-timeout"),
+        "{events:#?}"
+    );
+    let dead = env.dead_letters().await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, p)| header_str(p, HEADER_REASON).unwrap_or_default())
+        .collect();
+    assert_eq!(reasons, ["job-timeout"], "not `cancelled`");
+    let users = env.fake.users(&env.domain(0)).len();
+    assert!(users < 100, "stopped part-way: {users} users");
+
+    let log = tenant_log(&env.accounts[0]);
+    assert!(
+        log.contains("stopped: the job ran past its time limit of 2 s"),
+        "{log}"
+    );
+    assert!(log.contains("end: failed (job-timeout)"), "{log}");
+    let summary = env.accounts[0]
+        .read("reports/latest-summary.json")
+        .unwrap_or_else(|| panic!("a run summary"));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&summary).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary["error"]["reason"], "job-timeout", "{summary}");
+    let admin = format!("admin@{}.example.com", env.tenant(0));
+    let mails = harness::smtp()
+        .await
+        .wait_for_messages(&admin, 1, Duration::from_secs(30))
+        .await;
+    let stopped: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject.contains("User import STOPPED: job-timeout"))
+        .collect();
+    assert_eq!(stopped.len(), 1, "{mails:#?}");
+    assert!(
+        stopped[0].body_text.contains("time limit of 2 s"),
+        "{}",
+        stopped[0].body_text
     );
     env.cleanup().await;
 }

@@ -406,3 +406,86 @@ schedule = "* * * * *"
         let _ = conn.close(200, "done".into()).await;
     }
 }
+
+/// Redis data loss between two ticks: the tick that ran is published again (a scheduler replica
+/// started after the loss knows nothing, as above) while a new file waits on the account. The
+/// worker's Redis record of the tick is gone too; the record on the tenant's account
+/// (`/tmp/last-tick`) recognises the tick: it is dropped as a duplicate and imports nothing. The
+/// next tick runs and imports the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_redis_lost_its_data_a_tick_published_again_is_not_run_again_and_the_next_one_runs() {
+    use harness::fleet_env::{FleetEnv, FleetOptions, collect_until};
+    let redis = PrivateRedis::start().await;
+    let env = FleetEnv::new(FleetOptions {
+        tenants: 1,
+        redis_url: Some(redis.url()),
+        ..FleetOptions::default()
+    })
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = env.spawn_worker("w", tx);
+    let tick = chrono::DateTime::parse_from_rfc3339("2031-06-01T10:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    let done = |job: &shared::job::JobV1| {
+        let id = job.job_id.to_string();
+        move |e: &[worker::fleet::JobEvent]| e.iter().any(|e| e.job_id == id)
+    };
+    let first = env.publish_job(env.tenant(0), tick).await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), done(&first)).await;
+    assert_eq!(events[events.len() - 1].disposition, "no-file");
+    let record = env.accounts[0]
+        .read("tmp/last-tick")
+        .unwrap_or_else(|| panic!("the tick record on the account"));
+    assert!(
+        String::from_utf8_lossy(&record).contains(&first.job_id.to_string()),
+        "{record:?}"
+    );
+
+    redis.cmd(&["FLUSHALL"]).await;
+    env.accounts[0].put(
+        "uploads/user-import.csv",
+        harness::fixtures::users_csv("tick", 5).as_bytes(),
+    );
+    let again = env.publish_job(env.tenant(0), tick).await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), done(&again)).await;
+    let dropped = &events[events.len() - 1];
+    assert_eq!(dropped.disposition, "duplicate", "{events:#?}");
+    assert_eq!(dropped.reason, "duplicate-tick");
+    assert!(
+        env.fake.users(&env.domain(0)).is_empty(),
+        "the tick published again imported nothing"
+    );
+    assert_eq!(env.fake.calls(&env.domain(0)).total(), 0, "no API call");
+
+    let next = env
+        .publish_job(env.tenant(0), tick + chrono::TimeDelta::minutes(1))
+        .await;
+    let events = collect_until(&mut rx, Duration::from_secs(60), done(&next)).await;
+    worker.shutdown().await;
+    assert_eq!(
+        events[events.len() - 1].disposition,
+        "imported",
+        "{events:#?}"
+    );
+    assert_eq!(env.fake.users(&env.domain(0)).len(), 5);
+    assert_eq!(env.fake.calls(&env.domain(0)).duplicate_creates(), 0);
+    env.cleanup().await;
+}
+
+/// A job started by hand is never held back by the tick record: its trigger is not a tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_by_hand_runs_whatever_tick_the_account_recorded() {
+    let env = harness::tenant_env::TenantEnv::new().await;
+    env.account.put(
+        "tmp/last-tick",
+        br#"{"tick":"2999-01-01T00:00:00Z","job_id":"00000000-0000-0000-0000-000000000000"}"#,
+    );
+    env.upload(&harness::fixtures::users_csv("hand", 3));
+    let result = env.run().await;
+    assert!(
+        matches!(&result, Ok(worker::Outcome::Imported { .. })),
+        "{result:?}"
+    );
+    assert_eq!(env.fake.users(&env.domain).len(), 3);
+}

@@ -45,6 +45,8 @@ pub struct FleetOptions {
     /// Redis (the machine's when `None`), e.g. a private instance a test restarts.
     pub redis_url: Option<String>,
     pub lock_ttl: &'static str,
+    /// `worker.job_timeout`.
+    pub job_timeout: &'static str,
     pub prefetch: u16,
     pub concurrency: usize,
     pub drain_timeout: &'static str,
@@ -63,6 +65,7 @@ impl Default for FleetOptions {
             amqp_url: None,
             redis_url: None,
             lock_ttl: "3s",
+            job_timeout: "120s",
             prefetch: 2,
             concurrency: 4,
             drain_timeout: "5s",
@@ -156,13 +159,14 @@ retry_delays = ["1s", "2s", "2s"]
 [worker]
 region = "eu"
 lock_ttl = "{lock_ttl}"
-job_timeout = "120s"
+job_timeout = "{job_timeout}"
 drain_timeout = "{drain}"
 [http]
 listen = "127.0.0.1:0"
 "#,
                 prefetch = opts.prefetch,
                 lock_ttl = opts.lock_ttl,
+                job_timeout = opts.job_timeout,
                 drain = opts.drain_timeout,
             ),
         }

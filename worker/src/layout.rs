@@ -25,3 +25,6 @@ pub const ARCHIVE_DIR: &str = "/archive";
 pub const LOG_DIR: &str = "/log";
 /// The tenant's progress log, appended while a job runs.
 pub const LOG_PATH: &str = "/log/user-import.log";
+/// The tick last run of a scheduled job, beside the markers: what makes a tick published again
+/// after Redis lost its records run once (docs/fleet.md, "Ticks after Redis data loss").
+pub const LAST_TICK_PATH: &str = "/tmp/last-tick";

@@ -68,6 +68,15 @@ pub enum Outcome {
         existing: u64,
         email_sent: bool,
     },
+    /// A scheduled tick the account's tick record says already ran, by another job (published
+    /// again after Redis lost its records): nothing was done.
+    DuplicateTick { recorded_job: uuid::Uuid },
+    /// A scheduled tick older than the one the account's tick record says ran last (a late
+    /// delivery, a retry overtaken by the next tick): the later run covered it, nothing was done.
+    Superseded {
+        recorded: chrono::DateTime<chrono::Utc>,
+        recorded_job: uuid::Uuid,
+    },
 }
 
 impl Outcome {
@@ -79,6 +88,8 @@ impl Outcome {
             Outcome::Imported { .. } => "imported",
             Outcome::Verified { .. } => "verified",
             Outcome::Held { .. } => "held",
+            Outcome::DuplicateTick { .. } => "duplicate-tick",
+            Outcome::Superseded { .. } => "superseded",
         }
     }
 }
@@ -134,6 +145,9 @@ pub enum Permanent {
     /// `/uploads/user-import.undo` cannot be carried out (no such run, too old, undone before).
     #[error("the undo cannot be done: {0}")]
     UndoRefused(String),
+    /// The job ran past `worker.job_timeout` and was stopped (what it did so far stays done).
+    #[error("the job ran past its time limit of {} s and was stopped", .0.as_secs())]
+    JobTimeout(std::time::Duration),
 }
 
 impl Permanent {
@@ -151,6 +165,7 @@ impl Permanent {
             Permanent::AccountRefused(_) => "account-refused",
             Permanent::HostKey(_) => "host-key-refused",
             Permanent::UndoRefused(_) => "undo-refused",
+            Permanent::JobTimeout(_) => "job-timeout",
         }
     }
 }

@@ -11,7 +11,9 @@ use worker::fleet::JobEvent;
 
 use harness::fleet_env::FleetEnv;
 
-static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Processes started by this run: `(pid, whole run)`. A trial's own are killed when the trial
+/// ends; those of a trial that runs alongside the others (`whole run`) only when the run ends.
+static STARTED: Mutex<Vec<(u32, bool)>> = Mutex::new(Vec::new());
 
 /// Starts `worker run` for `env` and remembers its pid.
 pub fn spawn_worker(env: &FleetEnv) -> Result<(tokio::process::Child, u32)> {
@@ -21,14 +23,33 @@ pub fn spawn_worker(env: &FleetEnv) -> Result<(tokio::process::Child, u32)> {
     Ok((child, pid))
 }
 
-/// Remembers a process this run started, to be killed when the run ends.
+/// Remembers a process a trial started, to be killed when the trial ends.
 pub fn track(pid: u32) {
-    STARTED.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((pid, false));
 }
 
-/// SIGKILLs every worker process this run started that is still there.
-pub fn kill_started_processes() {
-    let pids: Vec<u32> = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|p| p.into_inner()));
+/// Remembers a process of a trial that runs alongside the others, to be killed when the run
+/// ends (not when another trial ends).
+pub fn track_for_run(pid: u32) {
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((pid, true));
+}
+
+/// SIGKILLs every process the trials started that is still there (`whole_run`: also those of
+/// the trials that run alongside).
+pub fn kill_started_processes(whole_run: bool) {
+    let pids: Vec<u32> = {
+        let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+        let (kill, keep): (Vec<_>, Vec<_>) =
+            started.drain(..).partition(|(_, run)| whole_run || !run);
+        *started = keep;
+        kill.into_iter().map(|(pid, _)| pid).collect()
+    };
     for pid in pids {
         let _ = signal(pid, "KILL");
     }
@@ -87,12 +108,13 @@ pub struct Events {
 }
 
 /// Dispositions after which a job is done for good (or was redundant).
-pub const TERMINAL: [&str; 5] = [
+pub const TERMINAL: [&str; 6] = [
     "imported",
     "already-processed",
     "no-file",
     "skipped-busy",
     "duplicate",
+    "superseded",
 ];
 
 impl Events {

@@ -164,7 +164,11 @@ async fn trials(env: &FleetEnv, plan: Plan, row: &mut Row) -> Result<()> {
             }
             let killed = kill_sessions_of(uid);
             let at_kill = log_since(&log_file, from);
-            let done_before = at_kill.contains(&format!("[{user}] OK DOWNLOAD"));
+            // The file's own download (a scheduled job also downloads its tick record first).
+            let done_before = at_kill.lines().any(|l| {
+                l.contains(&format!("[{user}] OK DOWNLOAD"))
+                    && l.contains("/uploads/user-import.csv")
+            });
             if killed > 0 && !done_before {
                 mid_download += 1;
             }

@@ -15,7 +15,7 @@
 //! `--only long-import` runs the trial that is not in the default selection: imports that last
 //! longer than vsftpd's 300 s idle timeout, over FTPS and SFTP (`long.rs`), bounded at 15 min.
 //!
-//! The run is bounded (`--short` 5 min, `--long` 20 min): past that it stops itself, kills the
+//! The run is bounded (`--short` 5 min, `--long` 30 min): past that it stops itself, kills the
 //! workers it started and exits 2. It exits 1 when any job was lost, any tenant ran twice at once,
 //! any user was created twice or is missing, or a trial could not run; 0 otherwise. Everything
 //! it talks to is on 127.0.0.1.
@@ -24,6 +24,7 @@ mod common;
 mod ftps;
 mod kill;
 mod long;
+mod redis_faults;
 mod restart;
 mod sched;
 mod stop;
@@ -79,7 +80,7 @@ impl Plan {
             storm_tenants: 3,
             ticks: 300,
             restarts: 3,
-            budget: Duration::from_secs(1200),
+            budget: Duration::from_secs(1800),
         }
     }
 }
@@ -90,7 +91,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const TRIALS: [&str; 9] = [
+const TRIALS: [&str; 12] = [
     "sigkill",
     "sigstop",
     "api-storm",
@@ -99,6 +100,9 @@ const TRIALS: [&str; 9] = [
     "rabbitmq",
     "smtp",
     "ftps",
+    "redis-outage",
+    "redis-loss",
+    "fresh-tenants",
     "long-import",
 ];
 
@@ -107,6 +111,9 @@ const NOT_BY_DEFAULT: [&str; 1] = ["long-import"];
 
 /// The long-import trial's own bound (two imports of about 500 s, side by side).
 const LONG_IMPORT_BUDGET: Duration = Duration::from_secs(900);
+
+/// Trials of the long run only (a short run does them when `--only` names them).
+const LONG_ONLY: [&str; 2] = ["redis-loss", "fresh-tenants"];
 
 fn parse_args() -> Result<Args, String> {
     let mut plan = Plan::short();
@@ -171,7 +178,7 @@ fn main() {
         }
     };
     let code = runtime.block_on(run(args));
-    common::kill_started_processes();
+    common::kill_started_processes(true);
     std::process::exit(code);
 }
 
@@ -182,7 +189,7 @@ async fn run(args: Args) -> i32 {
     let _ = harness::binaries::worker_binary();
     let wanted = |name: &str| match &args.only {
         Some(only) => only.iter().any(|t| t == name),
-        None => !NOT_BY_DEFAULT.contains(&name),
+        None => !NOT_BY_DEFAULT.contains(&name) && (plan.long || !LONG_ONLY.contains(&name)),
     };
     let budget = if wanted("long-import") {
         plan.budget.max(LONG_IMPORT_BUDGET)
@@ -196,13 +203,23 @@ async fn run(args: Args) -> i32 {
         args.seed,
         budget
     );
+    let mut seed = args.seed;
+    let mut next_rng = || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        StdRng::seed_from_u64(seed)
+    };
+    // The two-minute Redis outage mostly waits: it runs alongside the other trials (its own
+    // private Redis, queues and tenants), so it adds little to the run's length.
+    let outage_rng = next_rng();
+    let outage = async {
+        if wanted("redis-outage") {
+            Some(guarded("redis-outage", redis_faults::outage(plan, outage_rng)).await)
+        } else {
+            None
+        }
+    };
     let trials = async {
         let mut rows = Vec::new();
-        let mut seed = args.seed;
-        let mut next_rng = || {
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            StdRng::seed_from_u64(seed)
-        };
         // One at a time: the machine has two cores, and a trial's timings are its own.
         if wanted("sigkill") {
             rows.push(guarded("sigkill", kill::run(plan, next_rng())).await);
@@ -228,6 +245,17 @@ async fn run(args: Args) -> i32 {
         if wanted("ftps") {
             rows.push(guarded("ftps-down", ftps::run(plan, next_rng())).await);
         }
+        if wanted("fresh-tenants") {
+            rows.push(guarded("fresh-tenants", redis_faults::fresh(plan, next_rng())).await);
+        }
+        if wanted("redis-loss") {
+            rows.push(guarded("redis-loss", redis_faults::loss(plan, next_rng())).await);
+        }
+        rows
+    };
+    let trials = async {
+        let (mut rows, outage) = tokio::join!(trials, outage);
+        rows.extend(outage);
         rows
     };
     // Mostly waiting on the fake's latency: it runs beside the other trials.
@@ -308,7 +336,7 @@ async fn guarded_rows(
     trial: impl Future<Output = anyhow::Result<Vec<Row>>>,
 ) -> Vec<Row> {
     let rows = caught(name, trial).await;
-    common::kill_started_processes();
+    common::kill_started_processes(false);
     rows
 }
 

@@ -307,7 +307,11 @@ async fn smtp_down(env: &FleetEnv, plan: Plan) -> Result<Row> {
         .any(|l| l.contains("the report email could not be sent"));
     let starts = lines.iter().filter(|l| l.contains("start:")).count();
     let reports = account.list("reports").len();
-    let markers = account.list("tmp").len();
+    let markers = account
+        .list("tmp")
+        .iter()
+        .filter(|n| n.ends_with(".sha1"))
+        .count();
     row.missing_users = missing_users(env, 0, &names);
     let calls = env.fake.calls(&domain);
     row.duplicate_creates = calls.duplicate_creates();

@@ -31,8 +31,16 @@ use crate::table::Row;
 const TENANTS: usize = 5;
 /// The dispositions of a tick's job that a worker accepted as that tick's: it ran, or it found
 /// the tenant busy with the previous tick's run (simulated ticks come milliseconds apart, not a
-/// minute) and was skipped as redundant. A `duplicate` is a second job for a tick, dropped.
-const ACCEPTED: [&str; 4] = ["no-file", "imported", "already-processed", "skipped-busy"];
+/// minute) and was skipped as redundant, or it came after the next tick's run (`superseded`: the
+/// tenant's tick record on its account is later). A `duplicate` is a second job for a tick,
+/// dropped.
+const ACCEPTED: [&str; 5] = [
+    "no-file",
+    "imported",
+    "already-processed",
+    "skipped-busy",
+    "superseded",
+];
 const REPLICAS: usize = 3;
 
 async fn replica(env: &FleetEnv, options: &Options) -> Result<Arc<Scheduler>> {

@@ -8,13 +8,10 @@ use shared::amqp::{header, header_str, header_u32};
 use shared::job::{JobMessage, JobV1, Trigger};
 
 use super::FleetDeps;
-use super::disposition::{Disposition, HEADER_BUSY_BOUNCES, HEADER_HANDED_BACK};
+use super::disposition::{Disposition, HEADER_BUSY_BOUNCES, HEADER_BUSY_SINCE, HEADER_HANDED_BACK};
 use super::events::JobEvent;
 use super::lock::LockGuard;
 use crate::deps::Deps;
-
-/// How many times a handed-back job may find its tenant locked before it is dead-lettered.
-const MAX_BUSY_BOUNCES: u32 = 20;
 
 /// A delivery whose job may run: its tenant is locked for it.
 #[derive(Debug)]
@@ -157,7 +154,8 @@ pub fn while_redis_is_down(topology: &shared::amqp::Topology) -> Disposition {
 
 /// The tenant is locked. A fresh job is redundant with the one running: `skipped-busy`. A job that
 /// was already in progress somewhere (redelivered after a crash, handed back) must not be
-/// dropped: it waits in the first delay queue and tries again, a bounded number of times.
+/// dropped: it waits in the first delay queue and tries again, for as long as a lock can be held
+/// by a job still running (see [`may_wait_again`]).
 fn busy(deps: &Deps, fleet: &FleetDeps, delivery: &Delivery) -> Disposition {
     if !(delivery.redelivered || handed_back(delivery)) {
         tracing::info!("tenant busy with another job: skipped");
@@ -165,10 +163,18 @@ fn busy(deps: &Deps, fleet: &FleetDeps, delivery: &Delivery) -> Disposition {
         return Disposition::SkippedBusy;
     }
     let bounces = header_u32(&delivery.properties, HEADER_BUSY_BOUNCES).unwrap_or(0) + 1;
+    let now = chrono::Utc::now().timestamp_millis();
+    // 0 (or none): not waiting yet; a run in between resets it (`after_job`).
+    let since = match header(&delivery.properties, HEADER_BUSY_SINCE) {
+        Some(AMQPValue::LongLongInt(ms)) if *ms > 0 => *ms,
+        _ => now,
+    };
+    let waited = std::time::Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
     match fleet.topology.retry_delays.first().copied() {
-        Some(delay) if bounces <= MAX_BUSY_BOUNCES => {
+        Some(delay) if may_wait_again(waited, fleet.job_timeout, fleet.locks.ttl()) => {
             tracing::info!(
                 bounces,
+                waited_s = waited.as_secs(),
                 "tenant still locked for a handed-back job: waiting"
             );
             deps.metrics.lock_contention("bounced");
@@ -178,6 +184,7 @@ fn busy(deps: &Deps, fleet: &FleetDeps, delivery: &Delivery) -> Disposition {
                 headers: vec![
                     (HEADER_HANDED_BACK, AMQPValue::Boolean(true)),
                     (HEADER_BUSY_BOUNCES, AMQPValue::LongUInt(bounces)),
+                    (HEADER_BUSY_SINCE, AMQPValue::LongLongInt(since)),
                 ],
                 failure: false,
             }
@@ -186,10 +193,25 @@ fn busy(deps: &Deps, fleet: &FleetDeps, delivery: &Delivery) -> Disposition {
             deps.metrics.lock_contention("gave-up");
             Disposition::DeadLetter {
                 reason: "tenant-locked-too-long",
-                message: "the tenant stayed locked through every wait".into(),
+                message: format!(
+                    "the tenant stayed locked through every wait ({} s, {bounces} waits)",
+                    waited.as_secs()
+                ),
             }
         }
     }
+}
+
+/// Whether a handed-back job that has waited `waited` for its tenant's lock waits again. A job
+/// that holds the lock stops at its time limit (`job_timeout`), and a lock whose holder died
+/// expires a TTL after its last renewal; past both (and a TTL for a wait after a Redis data
+/// loss), the lock is held by something that is not a job of this fleet's settings.
+pub fn may_wait_again(
+    waited: std::time::Duration,
+    job_timeout: std::time::Duration,
+    ttl: std::time::Duration,
+) -> bool {
+    waited <= job_timeout + 2 * ttl
 }
 
 /// Whether the delivery carries the hand-back mark (it was in progress somewhere before).

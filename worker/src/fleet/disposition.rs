@@ -102,6 +102,8 @@ pub async fn settle(
 pub const HEADER_HANDED_BACK: &str = "x-handed-back";
 /// Header: how often a handed-back job found its tenant locked.
 pub const HEADER_BUSY_BOUNCES: &str = "x-busy-bounces";
+/// Header: when (Unix time, ms) a handed-back job first found its tenant locked.
+pub const HEADER_BUSY_SINCE: &str = "x-busy-since";
 
 async fn ack(delivery: &Delivery) {
     match delivery.ack(BasicAckOptions::default()).await {

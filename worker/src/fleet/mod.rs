@@ -32,7 +32,7 @@ use crate::job::{JobContext, LockHold};
 use crate::outcome::{JobError, Outcome, Retryable};
 use crate::pipeline::process_job;
 use admission::Admission;
-use disposition::{Disposition, HEADER_HANDED_BACK};
+use disposition::{Disposition, HEADER_BUSY_BOUNCES, HEADER_BUSY_SINCE, HEADER_HANDED_BACK};
 pub use events::JobEvent;
 pub use lock::Locks;
 
@@ -298,8 +298,9 @@ async fn run_admitted(
     // The job stops before its next side effect when the lock is lost, time is up, or the
     // session is stopping.
     let cancel = CancellationToken::new();
+    let time_up = CancellationToken::new();
     let watcher = tokio::spawn(watch(
-        cancel.clone(),
+        [cancel.clone(), time_up.clone()],
         lock.lost(),
         stop.clone(),
         fleet.job_timeout,
@@ -308,7 +309,9 @@ async fn run_admitted(
     let ctx = JobContext {
         job_id: job.job_id,
         trigger: job.trigger,
+        scheduled_for: job.scheduled_for,
         cancel,
+        time_up,
         fence: Some(lock.fence),
         lock: Some(LockHold {
             lease: lock.lease(),
@@ -327,9 +330,10 @@ async fn run_admitted(
     after_job(&result, attempt, stop.is_cancelled(), &fleet.topology)
 }
 
-/// Cancels the job when its lock is lost, the worker stops it, or it runs past `limit`.
+/// Cancels the job when its lock is lost, the worker stops it, or it runs past `limit` (then
+/// `time_up` fires first, so the job ends `job-timeout`).
 async fn watch(
-    cancel: CancellationToken,
+    [cancel, time_up]: [CancellationToken; 2],
     lost: CancellationToken,
     stop: CancellationToken,
     limit: Duration,
@@ -337,7 +341,10 @@ async fn watch(
     tokio::select! {
         _ = lost.cancelled() => tracing::warn!("tenant lock lost: stopping the job"),
         _ = stop.cancelled() => tracing::info!("worker stopping: stopping the job"),
-        _ = tokio::time::sleep(limit) => tracing::warn!("job ran past its time limit: stopping it"),
+        _ = tokio::time::sleep(limit) => {
+            tracing::warn!("job ran past its time limit: stopping it");
+            time_up.cancel();
+        }
     }
     cancel.cancel();
 }
@@ -351,6 +358,9 @@ pub fn after_job(
     topology: &Topology,
 ) -> Disposition {
     match result {
+        // Found by the account's tick record: the same as a duplicate found in Redis (the
+        // metric and the event say `duplicate`, reason `duplicate-tick`).
+        Ok(Outcome::DuplicateTick { .. }) => Disposition::Duplicate,
         Ok(outcome) => Disposition::Done(outcome.label()),
         Err(JobError::Permanent(p)) => Disposition::DeadLetter {
             reason: p.reason(),
@@ -370,7 +380,12 @@ pub fn after_job(
                         delay_ms = delay.as_millis() as u64,
                         "retrying later"
                     );
-                    let mut headers = vec![(HEADER_ATTEMPT, AMQPValue::LongUInt(next))];
+                    // A wait for the tenant starts afresh after a run.
+                    let mut headers = vec![
+                        (HEADER_ATTEMPT, AMQPValue::LongUInt(next)),
+                        (HEADER_BUSY_BOUNCES, AMQPValue::LongUInt(0)),
+                        (HEADER_BUSY_SINCE, AMQPValue::LongLongInt(0)),
+                    ];
                     if matches!(r, Retryable::Cancelled) {
                         headers.push((HEADER_HANDED_BACK, AMQPValue::Boolean(true)));
                     }
@@ -416,6 +431,28 @@ mod tests {
             after_job(&bad_file, 0, false, &topology()).reason(),
             "unreadable-file"
         );
+    }
+
+    #[test]
+    fn a_job_past_its_time_limit_is_dead_lettered_as_job_timeout_and_a_duplicate_tick_acked() {
+        let timed_out = Err(Permanent::JobTimeout(Duration::from_secs(2)).into());
+        let d = after_job(&timed_out, 0, false, &topology());
+        assert_eq!((d.label(), d.reason()), ("dead-lettered", "job-timeout"));
+        let dup = Ok(Outcome::DuplicateTick {
+            recorded_job: uuid::Uuid::nil(),
+        });
+        assert_eq!(
+            after_job(&dup, 0, false, &topology()),
+            Disposition::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_handed_back_job_waits_for_its_tenant_as_long_as_a_running_job_can_hold_the_lock() {
+        let (limit, ttl) = (Duration::from_secs(25 * 60), Duration::from_secs(60));
+        assert!(admission::may_wait_again(Duration::ZERO, limit, ttl));
+        assert!(admission::may_wait_again(limit + ttl, limit, ttl));
+        assert!(!admission::may_wait_again(limit + 3 * ttl, limit, ttl));
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use shared::ApiKey;
 use shared::job::Trigger;
 use shared::registry::Tenant;
@@ -38,10 +39,16 @@ use session::Session;
 pub struct JobContext {
     pub job_id: Uuid,
     pub trigger: Trigger,
+    /// The tick a scheduled job is for (for a job started by hand: when it was asked for).
+    pub scheduled_for: DateTime<Utc>,
     /// Fires when the job must stop before its next piece of work: its tenant lock was lost, it
     /// ran past its time, or the worker is shutting down. The job then ends as
-    /// `Retryable::Cancelled` and is handed back.
+    /// `Retryable::Cancelled` and is handed back, unless its time ran out (`time_up`).
     pub cancel: CancellationToken,
+    /// Fires, before `cancel`, when the job ran past `worker.job_timeout`: it then ends as
+    /// `Permanent::JobTimeout` (`job-timeout`), still holding its tenant, and says so in the
+    /// tenant log, the run summary and an email to the admin.
+    pub time_up: CancellationToken,
     /// The lock's fencing number, when the job runs under a lock; written to the tenant log.
     pub fence: Option<u64>,
     /// The tenant lock, when the job runs under one: once it is lost, nothing more is written,
@@ -67,7 +74,9 @@ impl JobContext {
         Self {
             job_id,
             trigger: Trigger::Manual,
+            scheduled_for: Utc::now(),
             cancel: CancellationToken::new(),
+            time_up: CancellationToken::new(),
             fence: None,
             lock: None,
             last_attempt: false,
@@ -178,6 +187,8 @@ pub struct Findings {
     pub journal: Option<tempfile::NamedTempFile>,
     /// An undo run: the journal of the run it undoes.
     pub undoing: Option<UndoTarget>,
+    /// The latest tick recorded on the account (a scheduled job's), as read at its start.
+    pub last_tick: Option<DateTime<Utc>>,
 }
 
 /// The run an undo request names: its journal, found on the account and fetched.
@@ -200,6 +211,10 @@ pub struct JobRun<'d> {
     session: Session,
     log: TenantLog,
     log_task: Option<log::LogTask>,
+    /// The stages are over and the job ended because its time ran out: it still owns its
+    /// tenant, so it may write its record (summary, tick record, the admin's email) while the
+    /// lock is held, though its gate says stop.
+    wrapping_up: bool,
     /// What happened so far; the end of the job is derived from it.
     pub record: RunRecord,
     pub found: Findings,
@@ -233,6 +248,7 @@ impl<'d> JobRun<'d> {
             session,
             log,
             log_task: None,
+            wrapping_up: false,
             record,
             found: Findings::default(),
         })
@@ -281,9 +297,30 @@ impl<'d> JobRun<'d> {
         &self.deps.alerts
     }
 
-    /// `Err(Cancelled)` once the job must stop.
+    /// `Err(Cancelled)` once the job must stop (see [`JobRun::wrap_up`] for the one exception).
     pub fn check(&self) -> Result<(), JobError> {
+        if self.wrapping_up && self.gate.lock_held() {
+            return Ok(());
+        }
         self.gate.check()
+    }
+
+    /// Whether the job may still write the record of how it ended: it was not stopped, or it was
+    /// stopped by its time limit and still holds its tenant.
+    pub fn may_record_end(&self) -> bool {
+        self.check().is_ok()
+    }
+
+    /// After the stages of a job whose time ran out: it owns its tenant until it releases the
+    /// lock, so its end is recorded like any other failed run's (the platform client, whose
+    /// gate is the job's, stays stopped).
+    pub fn wrap_up(&mut self) {
+        self.wrapping_up = true;
+    }
+
+    /// Whether the job's time limit stopped it.
+    pub fn timed_out(&self) -> bool {
+        self.ctx.time_up.is_cancelled()
     }
 
     /// Appends a line to the tenant log (written only while the lock is held).
@@ -392,7 +429,7 @@ impl<'d> JobRun<'d> {
     /// Emails the tenant's recipients (`notify`, the nominated admin by default); `Err` says why
     /// nobody got it. A recipient that did not get it while others did is said in the log.
     pub async fn email(&self, mail: Mail) -> Result<(), String> {
-        self.gate.check().map_err(|e| e.to_string())?;
+        self.check().map_err(|e| e.to_string())?;
         let delivery = self
             .deps
             .mailer

@@ -146,6 +146,15 @@ impl RunRecord {
     pub fn end_line(&self, result: &Result<Outcome, JobError>) -> String {
         match result {
             Ok(Outcome::NoFile) => "end: no file at /uploads/user-import.csv".to_owned(),
+            Ok(Outcome::DuplicateTick { recorded_job }) => {
+                format!("end: not run, this tick already ran (job {recorded_job})")
+            }
+            Ok(Outcome::Superseded {
+                recorded,
+                recorded_job,
+            }) => format!(
+                "end: not run, a later tick already ran (tick {recorded}, job {recorded_job})"
+            ),
             Ok(Outcome::UploadIncomplete {
                 size_before,
                 size_after,
@@ -218,7 +227,12 @@ impl RunRecord {
         if let Ok(Outcome::Imported { counts, .. }) = result {
             metrics.rows(counts);
         }
-        if result.is_ok() {
+        if result.as_ref().is_ok_and(|o| {
+            !matches!(
+                o,
+                Outcome::DuplicateTick { .. } | Outcome::Superseded { .. }
+            )
+        }) {
             metrics.tenant_succeeded(&self.tenant, self.finished_at.unwrap_or_else(Utc::now));
         }
     }

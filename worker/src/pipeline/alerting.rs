@@ -1,6 +1,7 @@
-//! The job's own lines around the stages, and when the run alerts the tenant's recipients (`notify`): a refused
-//! login (FTPS or API) after a run failed on it, and a quiet account after a run found nothing
-//! new. What is sent and how it is de-duplicated is in [`crate::alerts`].
+//! The job's own lines around the stages, and when the run alerts the tenant's recipients
+//! (`notify`): a refused login (FTPS or API) after a run failed on it, a run stopped by its time
+//! limit, a run the fleet gives up on ([`super::failure`]), and a quiet account after a run found
+//! nothing new. What is sent and how it is de-duplicated is in [`crate::alerts`].
 
 use chrono::Utc;
 
@@ -25,6 +26,9 @@ pub fn start_line(job: &JobRun<'_>) -> String {
 /// The alerts a finished run may call for.
 pub async fn after(job: &JobRun<'_>, result: &Result<Outcome, JobError>) {
     match result {
+        Err(JobError::Permanent(Permanent::JobTimeout(limit))) => {
+            super::time_limit::tell(job, *limit).await
+        }
         Err(e) => {
             login_refused(job, e).await;
             super::failure::tell_if_given_up(job, e).await;
@@ -32,7 +36,13 @@ pub async fn after(job: &JobRun<'_>, result: &Result<Outcome, JobError>) {
         Ok(
             Outcome::NoFile | Outcome::AlreadyProcessed { .. } | Outcome::UploadIncomplete { .. },
         ) => no_new_file(job).await,
-        Ok(Outcome::Imported { .. } | Outcome::Verified { .. } | Outcome::Held { .. }) => {}
+        Ok(
+            Outcome::Imported { .. }
+            | Outcome::Verified { .. }
+            | Outcome::Held { .. }
+            | Outcome::DuplicateTick { .. }
+            | Outcome::Superseded { .. },
+        ) => {}
     }
 }
 

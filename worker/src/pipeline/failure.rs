@@ -48,6 +48,8 @@ pub fn given_up(error: &JobError, last_attempt: bool) -> Option<&'static str> {
     match error {
         JobError::Permanent(p) if refusal::is_refusal(p) => None,
         JobError::Permanent(Permanent::FtpsCredentials | Permanent::ApiCredentials(_)) => None,
+        // Told by the time limit's own message (`super::time_limit`).
+        JobError::Permanent(Permanent::JobTimeout(_)) => None,
         JobError::Permanent(p) => Some(permanent_hint(p)),
         JobError::Retryable(_) if !last_attempt => None,
         JobError::Retryable(r) => Some(retried_hint(r)),

@@ -18,6 +18,8 @@ pub mod refusal;
 pub mod report;
 pub mod settle;
 pub mod summary;
+pub mod tick;
+pub mod time_limit;
 pub mod undo;
 pub mod verify_upload;
 
@@ -200,37 +202,55 @@ pub async fn run_job(deps: &Deps, tenant: &str, ctx: JobContext) -> Finished {
     finished
 }
 
-/// Connects, runs the stages, and ends the run: alerts, the summary, the log's last line.
+/// Connects, runs the stages, and ends the run: alerts, the summary, the tick record, the log's
+/// last line.
 async fn run(mut job: JobRun<'_>) -> Finished {
     let result = match job.connect().await {
-        Ok(()) => {
-            job.log(alerting::start_line(&job));
-            match stages(&mut job).await {
-                Err(JobError::Permanent(why)) if verify_upload::is_verify_upload(&job) => {
-                    Err(verify_upload::refused(&job, why).await)
-                }
-                Err(JobError::Permanent(why)) if refusal::is_refusal(&why) => {
-                    refusal::tell(&job, &why).await;
-                    Err(JobError::Permanent(why))
-                }
-                other => other,
+        Ok(()) => match tick::already_run(&mut job).await {
+            // A tick published again: nothing is done, nothing is written.
+            Some(duplicate) => {
+                return Finished {
+                    result: Ok(duplicate),
+                    record: Some(job.close().await),
+                };
             }
-        }
+            None => {
+                job.log(alerting::start_line(&job));
+                let result = run_stages(&mut job).await;
+                time_limit::judge(&mut job, result)
+            }
+        },
         Err(e) => Err(e),
     };
     // A job that lost its lock (or is being stopped) makes no further side effect: another run
-    // owns the tenant now, and will alert and summarise itself.
-    if !job.gate().should_stop() {
+    // owns the tenant now, and will alert and summarise itself. One stopped by its time limit
+    // still owns the tenant and records its end.
+    if job.may_record_end() {
         alerting::after(&job, &result).await;
         job.record.finish(&result);
         if job.connected() {
             summary::write(&job).await;
+            tick::record(&job).await;
         }
     }
     job.log(job.record.end_line(&result));
     Finished {
         record: Some(job.close().await),
         result,
+    }
+}
+
+/// The stages, and what a refusal among them tells the admin.
+async fn run_stages(job: &mut JobRun<'_>) -> Result<Outcome, JobError> {
+    match stages(job).await {
+        Err(JobError::Permanent(why)) if verify_upload::is_verify_upload(job) => {
+            Err(verify_upload::refused(job, why).await)
+        }
+        Err(JobError::Permanent(why)) if refusal::is_refusal(&why) => {
+            refusal::tell(job, &why).await;
+            Err(JobError::Permanent(why))
+        }
+        other => other,
     }
 }
 
