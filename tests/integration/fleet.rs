@@ -599,13 +599,14 @@ async fn after_redis_lost_its_locks_a_new_holder_starts_only_once_the_old_one_st
     let second = env.publish_job(env.tenant(0), Utc::now()).await;
     let (first_id, second_id) = (first.job_id.to_string(), second.job_id.to_string());
     // Once locks are granted again the two jobs race for the tenant: the second, fresh, is
-    // skipped if the first's retry wins (a job for the tenant is running), or runs first.
+    // skipped if the first's retry wins (a job for the tenant is running), or runs first — and
+    // then the first's retry, an older tick than the one the account recorded, is superseded.
     let events = collect_until(&mut rx, Duration::from_secs(120), |e| {
         let settled = |id: &str, how: &[&str]| {
             e.iter()
                 .any(|e| e.job_id == id && how.contains(&e.disposition))
         };
-        settled(&first_id, &["imported", "already-processed"])
+        settled(&first_id, &["imported", "already-processed", "superseded"])
             && settled(
                 &second_id,
                 &["imported", "already-processed", "skipped-busy"],
