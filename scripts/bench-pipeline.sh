@@ -291,7 +291,7 @@ awk '{
 } END { for (k in best) printf "  diagnosis %s: best mib_s=%s, lowest cpu_s=%s\n", k, best[k], cpu[k] }' "$SCRATCH/diag.txt" | sort
 grep -E '^import-(rate|probe|timer)' "$SCRATCH/rate.txt" | awk '{
   if ($1 == "import-timer") { print "  " $0; next }
-  printf "  %s", $1; for (i = 2; i <= NF; i++) if ($i ~ /^(concurrency|pass|rows|rows_s|row_bound_s|rows_pct|req_s|bound_req_s|req_pct|of_probe_pct|mean_latency_ms)=/) printf " %s", $i; print "" }'
+  printf "  %s", $1; for (i = 2; i <= NF; i++) if ($i ~ /^(concurrency|pass|rows|rows_s|row_bound_s|rows_pct|measured_row_bound_s|of_measured_pct|req_s|bound_req_s|req_pct|of_probe_pct|mean_latency_ms)=/) printf " %s", $i; print "" }'
 echo "  target: requests/s >= 90% of concurrency / latency"
 grep -E '^(import-rss|time-v)' "$SCRATCH/rss.txt" | awk '{
   if ($1 == "import-rss-1m") { print "  " $0; next }
