@@ -63,6 +63,9 @@ bench_setup() {
 
 # bench_start_fake LATENCY_MS: the release fake in its own process, on a free port.
 bench_start_fake() {
+  # Made before the fake starts: a background job opens its redirections itself, maybe late.
+  : >"$SCRATCH/fake.out"
+  : >"$SCRATCH/fake.err"
   RUST_LOG=warn "$BIN/platform-fake" --listen 127.0.0.1:0 --latency-ms "$1" \
     >"$SCRATCH/fake.out" 2>"$SCRATCH/fake.err" &
   BENCH_FAKE_PID=$!

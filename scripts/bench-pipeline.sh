@@ -226,6 +226,10 @@ KEY_FILE="$SCRATCH/fake.key"
   openssl rand -hex 16 >"$KEY_FILE"
 )
 key=$(<"$KEY_FILE")
+# The files exist before the fake starts: the background job opens its redirections itself,
+# possibly after the first look below.
+: >"$SCRATCH/fake.out"
+: >"$SCRATCH/fake.err"
 RUST_LOG=warn "$BIN/platform-fake" --listen 127.0.0.1:0 \
   --tenant "rss10k.learning-admin.com=$key" --tenant "rss200k.learning-admin.com=$key" \
   --tenant "rss1m.learning-admin.com=$key" >"$SCRATCH/fake.out" 2>"$SCRATCH/fake.err" &
