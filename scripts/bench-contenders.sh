@@ -18,8 +18,11 @@
 # (created = rows) and send its report email (counted in the sink); the fake's per-call counts
 # are printed per contender, and the ratio default/lean per size.
 #
-# Knobs: BENCH_LATENCY_MS (20), BENCH_SCRIPT_20K (0), BENCH_SIZES ("2000:8 20000:32").
-# Needs root; about 5 minutes once built. The whole output of a successful run is kept in
+# Knobs: BENCH_LATENCY_MS (20), BENCH_SCRIPT (1; 0 leaves the script out), BENCH_SCRIPT_20K (0),
+# BENCH_SIZES ("2000:8 20000:32"),
+# BENCH_POLL_MS (platform.status_poll_interval of the worker; unset: the fleet's default, 500 ms).
+# Needs root; about 7 minutes once built (4 with BENCH_POLL_MS=20 BENCH_SCRIPT=0). The whole
+# output of a successful run is kept in
 # docs/bench-contenders-latest.txt.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +47,7 @@ fi
 LATENCY=${BENCH_LATENCY_MS:-20}
 SIZES=${BENCH_SIZES:-"2000:8 20000:32"}
 SCRIPT_20K=${BENCH_SCRIPT_20K:-0}
+SCRIPT=${BENCH_SCRIPT:-1}
 
 # A Python that has `requests` (the baseline falls back to urllib and says so).
 PY=python3
@@ -56,6 +60,7 @@ done
 
 bench_setup
 bench_start_fake "$LATENCY"
+echo "worker settings: import.concurrency per size, platform.status_poll_interval ${BENCH_POLL_MS:-default (500)}ms"
 echo "baseline interpreter: $("$PY" -V 2>&1) ($(command -v "$PY"))"
 
 # report LABEL ROWS CONCURRENCY DOMAIN WALL MAILS_BEFORE: one line of figures, with the checks.
@@ -71,7 +76,7 @@ report() {
 }
 
 run_script() {
-  local rows=$1 conc=$2 domain="c$1-script.learning-admin.com" before t0 line
+  local rows=$1 conc=$2 domain="demo.c$1-script.learning-admin.com" before t0 line
   bench_add_tenant "$domain"
   bench_put_file "$SCRATCH/users-$rows.csv"
   before=$(bench_mail_count)
@@ -87,7 +92,7 @@ run_script() {
 }
 
 run_worker() {
-  local options=$1 rows=$2 conc=$3 domain="c$2-$1.learning-admin.com" before durations
+  local options=$1 rows=$2 conc=$3 domain="demo.c$2-$1.learning-admin.com" before durations
   bench_add_tenant "$domain"
   bench_settings "$conc"
   bench_registry "$domain" "$options"
@@ -106,7 +111,7 @@ for size in $SIZES; do
   rows=${size%%:*} conc=${size##*:}
   "$BIN/bench-csv" --rows "$rows" --out "$SCRATCH/users-$rows.csv"
   say "$rows new users, concurrency $conc, fake at $LATENCY ms (load $(load))"
-  if ((rows <= 2000 || SCRIPT_20K)); then
+  if ((SCRIPT && (rows <= 2000 || SCRIPT_20K))); then
     run_script "$rows" "$conc"
   fi
   run_worker default "$rows" "$conc"

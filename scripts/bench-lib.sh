@@ -3,8 +3,9 @@
 # not run): the local stack, release binaries, a release platform fake in its own process, and
 # `worker once` runs of the stack's demo FTPS account against it.
 #
-# Each run gets a tenant of its own on the fake (a new portal domain: every user of the file is
-# new there) and a registry of one tenant named `demo` (the stack's FTPS account) pointing at it.
+# Each run gets a tenant of its own on the fake (a new portal domain, `demo.<run>.learning-admin.com`:
+# every user of the file is new there) and a registry of one tenant named `demo` (the stack's FTPS
+# account; a portal domain's first label is the tenant's name) pointing at it.
 # The file is put in /uploads with a modification time an hour back — a file uploaded before the
 # scheduled run, as in production (a file still being written is the settle stage's business, not
 # measured here). The account's /tmp, /reports, /archive and /log are emptied before each run.
@@ -51,10 +52,14 @@ bench_setup() {
   target=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
   BIN="$target/release"
   local b
-  for b in worker platform-fake bench-csv bench-import; do
+  for b in worker platform-fake bench-csv; do
     [[ -x $BIN/$b ]] || die "no $BIN/$b after the build"
   done
   [[ -x /usr/bin/time ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+  # Copies: a build in the same target directory during the run does not change what is measured.
+  mkdir -p "$SCRATCH/bin"
+  cp "$BIN/worker" "$BIN/platform-fake" "$BIN/bench-csv" "$SCRATCH/bin/"
+  BIN="$SCRATCH/bin"
   KEY_FILE="$UI_DEMO_KEY_FILE"
   printf 'date: %s  commit: %s%s  cores: %s  load: %s\n' "$(date -u +%FT%TZ)" \
     "$(git rev-parse --short HEAD)" "$(git diff --quiet HEAD -- . ':!docs' || echo ' (with local changes)')" \
@@ -82,6 +87,13 @@ bench_start_fake() {
     die "the platform fake did not start"
   }
   echo "platform fake (release) pid $BENCH_FAKE_PID at $FAKE_URL, latency $1 ms"
+}
+
+# bench_final_in_answer: the fake answers a write's final status in its 202 (no poll needed).
+bench_final_in_answer() {
+  curl -fsS "$FAKE_URL/_fake/faults" | jq -c '.final_status_in_answer = true' |
+    curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/json' --data-binary @- "$FAKE_URL/_fake/faults" ||
+    die "could not set the fake's faults"
 }
 
 # bench_add_tenant DOMAIN: a tenant on the fake with the demo account's key.
@@ -117,6 +129,9 @@ from = "User import <user-import@fleet.example.com>"
 [import]
 concurrency = $1
 EOF
+  if [[ -n ${BENCH_POLL_MS:-} ]]; then
+    printf '[platform]\nstatus_poll_interval = "%sms"\n' "$BENCH_POLL_MS" >>"$SCRATCH/worker.toml"
+  fi
   mkdir -p "$SCRATCH/work"
 }
 

@@ -8,13 +8,15 @@
 # local stack's FTPS account, then `worker once` (release) under /usr/bin/time -v with the
 # registry's default tenant options (mass-change guard on: its plan pass runs) and the fleet's
 # default settings but import.concurrency, against the release platform fake in its own process
-# (latency 0, so its memory is not the worker's). The whole pipeline runs: fetch, hash, settle,
+# (latency 0, a write's final status in its 202 answer: 2 calls per new user; in its own process
+# so that its memory is not the worker's). The whole pipeline runs: fetch, hash, settle,
 # guard, import, report (results CSV uploaded, zipped attachment, email to the stack's SMTP
 # sink), archive. Each run must import every row, and the sink must hold its email: with the
 # zipped report attached when it is within email::ZIP_ATTACHMENT_LIMIT (checked: the zip's CSV
 # has one line per row plus the header), else with the body saying it is too large to attach.
 #
-# Knobs: BENCH_RSS_SIZES ("10000 200000 360000 1000000 2000000"), BENCH_RSS_CONCURRENCY (64).
+# Knobs: BENCH_RSS_SIZES ("10000 200000 360000 1000000 2000000"), BENCH_RSS_CONCURRENCY (64),
+# BENCH_POLL_MS (platform.status_poll_interval; unset: the fleet's default).
 # Needs root; about 25 minutes on 2 cores (the 2 M-row run about half of it). The whole output of a
 # successful run is kept in docs/bench-rss-latest.txt.
 set -euo pipefail
@@ -43,6 +45,7 @@ PYTHON=/usr/bin/python3
 
 bench_setup
 bench_start_fake 0
+bench_final_in_answer
 bench_settings "$CONCURRENCY"
 
 # mail_check FILE ROWS: "attachment=NAME zip_bytes=N csv_lines=N" or "attachment=none (…)".
@@ -73,7 +76,7 @@ for rows in $SIZES; do
   say "$rows rows (load $(load))"
   csv="$SCRATCH/users-$rows.csv"
   "$BIN/bench-csv" --rows "$rows" --out "$csv"
-  domain="rss$rows.learning-admin.com"
+  domain="demo.rss$rows.learning-admin.com"
   bench_add_tenant "$domain"
   bench_registry "$domain" default
   bench_put_file "$csv"
