@@ -1,6 +1,6 @@
 # Every command of the project in one place: `make help`.
 .DEFAULT_GOAL := help
-.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet bench-scale deploy-check monitoring-check image otlp-dump chaos chaos-long long-import
+.PHONY: help demo test doctor stack-up stack-status stack-stop fmt lint build release bench-pipeline bench-fleet bench-scale bench-contenders bench-rss deploy-check monitoring-check image otlp-dump chaos chaos-long long-import
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ release: ## release build of the binaries
 
 bench-pipeline: ## pipeline benchmarks (FTPS fetch+hash vs curl, import rate, peak RSS); see BENCHMARKS.md
 	scripts/bench-pipeline.sh
+
+bench-contenders: ## a sequential Python script vs `worker once` default vs lean, same file, same stack; see BENCHMARKS.md
+	scripts/bench-contenders.sh
+
+bench-rss: ## peak RSS of whole `worker once` imports (10 k to 2 M rows, report email included); see BENCHMARKS.md
+	scripts/bench-rss.sh
 
 bench-fleet: ## fleet benchmarks (publish 10k jobs, publish->start latency, 1/2/4 workers); see BENCHMARKS.md
 	scripts/bench-fleet.sh

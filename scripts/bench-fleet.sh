@@ -21,11 +21,12 @@ OUT="$ROOT/docs/bench-fleet-latest.txt"
 scripts/stack.sh up --no-fake >/dev/null
 echo "== building (release)"
 cargo build --release --locked -p bench --bin bench-fleet -p worker -p scheduler
+TARGET=$(cargo metadata --format-version 1 --no-deps | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 LOG=$(mktemp "${TMPDIR:-/tmp}/bench-fleet.XXXXXX")
 {
   echo "command: scripts/bench-fleet.sh $*"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
-  timeout 1200 target/release/bench-fleet "$@"
+  timeout 1200 "$TARGET/release/bench-fleet" "$@"
 } 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 if [[ $status -eq 0 ]]; then

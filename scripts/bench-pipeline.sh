@@ -226,6 +226,10 @@ KEY_FILE="$SCRATCH/fake.key"
   openssl rand -hex 16 >"$KEY_FILE"
 )
 key=$(<"$KEY_FILE")
+# The files exist before the fake starts: the background job opens its redirections itself,
+# possibly after the first look below.
+: >"$SCRATCH/fake.out"
+: >"$SCRATCH/fake.err"
 RUST_LOG=warn "$BIN/platform-fake" --listen 127.0.0.1:0 \
   --tenant "rss10k.learning-admin.com=$key" --tenant "rss200k.learning-admin.com=$key" \
   --tenant "rss1m.learning-admin.com=$key" >"$SCRATCH/fake.out" 2>"$SCRATCH/fake.err" &
@@ -291,7 +295,7 @@ awk '{
 } END { for (k in best) printf "  diagnosis %s: best mib_s=%s, lowest cpu_s=%s\n", k, best[k], cpu[k] }' "$SCRATCH/diag.txt" | sort
 grep -E '^import-(rate|probe|timer)' "$SCRATCH/rate.txt" | awk '{
   if ($1 == "import-timer") { print "  " $0; next }
-  printf "  %s", $1; for (i = 2; i <= NF; i++) if ($i ~ /^(concurrency|pass|rows|rows_s|row_bound_s|rows_pct|req_s|bound_req_s|req_pct|of_probe_pct|mean_latency_ms)=/) printf " %s", $i; print "" }'
+  printf "  %s", $1; for (i = 2; i <= NF; i++) if ($i ~ /^(concurrency|pass|rows|rows_s|row_bound_s|rows_pct|measured_row_bound_s|of_measured_pct|req_s|bound_req_s|req_pct|of_probe_pct|mean_latency_ms)=/) printf " %s", $i; print "" }'
 echo "  target: requests/s >= 90% of concurrency / latency"
 grep -E '^(import-rss|time-v)' "$SCRATCH/rss.txt" | awk '{
   if ($1 == "import-rss-1m") { print "  " $0; next }

@@ -220,13 +220,18 @@ async fn rate(
         let calls = fake.calls(&platform.domain);
         let per_row = pass.calls_per_row();
         let row_bound = bound / per_row.max(1.0);
+        // The bound from the latency a bare request really has here (the probe's mean), not the
+        // fake's nominal one: concurrency ÷ (calls per row × measured latency).
+        let measured_bound =
+            concurrency as f64 / (per_row.max(1.0) * probe.mean_latency.as_secs_f64());
         println!(
-            "import-rate concurrency={concurrency} latency_ms={latency_ms} pass={label} rows={} secs={:.2} rows_s={:.1} row_bound_s={:.1} rows_pct={:.1} requests={} req_s={:.1} bound_req_s={:.0} req_pct={:.1} of_probe_pct={:.1} calls_per_row={:.2} created={} updated={} unchanged={} problems={} retries={} fake_calls=GetUser:{},SetUser:{},status:{}",
+            "import-rate concurrency={concurrency} latency_ms={latency_ms} pass={label} rows={} secs={:.2} rows_s={:.1} row_bound_s={:.1} rows_pct={:.1} measured_row_bound_s={measured_bound:.1} of_measured_pct={:.1} requests={} req_s={:.1} bound_req_s={:.0} req_pct={:.1} of_probe_pct={:.1} calls_per_row={:.2} created={} updated={} unchanged={} problems={} retries={} fake_calls=GetUser:{},SetUser:{},status:{}",
             pass.counts.rows,
             pass.elapsed.as_secs_f64(),
             pass.rows_per_sec(),
             row_bound,
             100.0 * pass.rows_per_sec() / row_bound,
+            100.0 * pass.rows_per_sec() / measured_bound,
             pass.requests,
             pass.requests_per_sec(),
             bound,
