@@ -551,7 +551,7 @@ impl Pass<'_> {
                 )
             })
         };
-        let window = params.concurrency * 4;
+        let window = window(params.concurrency, ctx.client.poll_interval());
         let ctx = &ctx;
         let mut results = tokio_stream_of(rx)
             .map(move |item| {
@@ -590,6 +590,18 @@ impl Pass<'_> {
             .map_err(|e| ImportError::Unreadable(e.to_string()))??;
         Ok(())
     }
+}
+
+/// Rows in flight: 4 per request slot, plus room for rows that only wait for their status poll
+/// (they hold no request slot): one more per slot for each 25 ms of the poll interval, so that
+/// the default 500 ms interval does not cap the import below its call bound (a window of 4 ×
+/// concurrency gave 45 % of it, BENCHMARKS.md). At most 4,096 rows: their data is a few MiB.
+fn window(concurrency: usize, poll_interval: std::time::Duration) -> usize {
+    let waiting = usize::try_from(poll_interval.as_millis() / 25).unwrap_or(usize::MAX);
+    concurrency
+        .max(1)
+        .saturating_mul(4usize.saturating_add(waiting))
+        .min(4096)
 }
 
 /// One valid row: skipped when its fingerprint is unchanged, else applied; then the store
@@ -1021,6 +1033,17 @@ fn second_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_has_room_for_rows_waiting_on_their_status_poll_and_is_bounded() {
+        use std::time::Duration;
+        // The fleet's default poll interval, 500 ms: 4 + 20 rows per request slot.
+        assert_eq!(window(8, Duration::from_millis(500)), 8 * 24);
+        // A status final at once (a short interval) needs no more than 4 per slot.
+        assert_eq!(window(8, Duration::from_millis(5)), 32);
+        assert_eq!(window(0, Duration::ZERO), 4);
+        assert_eq!(window(512, Duration::from_secs(60)), 4096);
+    }
 
     #[test]
     fn the_delimiter_is_read_from_the_header_line_whatever_its_ending() -> std::io::Result<()> {

@@ -156,6 +156,11 @@ impl PlatformClient {
         }
     }
 
+    /// How long a write's status is left before its first poll (it grows from there).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
     /// Takes the worker-wide limit of this client's host from `limits` (built once per process
     /// with [`RateLimits::from_settings`]): every request then also waits for the host's rate and
     /// concurrency, shared with every other job of the worker on that host.
