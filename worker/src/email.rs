@@ -33,10 +33,10 @@ pub enum MailError {
 
 /// The largest zipped report attached to an email, in bytes: 4 MiB. The message is sent from
 /// memory: the zip, then the formatted message with the zip base64-encoded into it (about 2.4×
-/// the zip at the peak, see [`Mailer::send`]), so the email costs at most ~10 MiB on top of the
-/// worker's ~22 MiB and the process stays within its 32 MiB budget. A results CSV compresses
-/// about eightfold, so this covers some 800 k rows of a typical report; a larger report is only
-/// on the tenant's account.
+/// the zip at the peak, see [`Mailer::send`]): up to ~10 MiB on top of an import's ~26 MiB at
+/// concurrency 8, which is over the 32 MiB budget for a zip near this limit (BENCHMARKS.md,
+/// "Peak RSS of whole imports"). A results CSV compresses about eightfold, so this covers some
+/// 800 k rows of a typical report; a larger report is only on the tenant's account.
 pub const ZIP_ATTACHMENT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// The CSV at `path` as a zip attachment named `<name>.zip` holding `<name>.csv` (`name` without
@@ -203,9 +203,9 @@ impl Mailer {
             return Err(MailError::Build("no recipient".into()));
         }
         // The attachment's bytes go into the formatted message once, base64-encoded in place of a
-        // placeholder, instead of lettre encoding them into the message and then copying the
-        // whole message again when formatting it (3.5× the zip at the peak, measured). One copy
-        // of the message in memory while sending, not one per attempt or recipient.
+        // placeholder, instead of lettre encoding them into the message's body and then copying
+        // that into the formatted message. One copy of the message in memory while sending (with
+        // the zip itself), not one per attempt or recipient.
         let (message, attachment) = self.build(&recipients, mail)?;
         let raw = match attachment {
             Some((placeholder, bytes)) => splice_base64(message.formatted(), &placeholder, &bytes)?,
