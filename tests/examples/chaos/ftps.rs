@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use chrono::Utc;
 use rand::rngs::StdRng;
 
@@ -19,7 +19,7 @@ use harness::fixtures::usernames;
 use harness::fleet_env::{FleetEnv, FleetOptions};
 
 use crate::Plan;
-use crate::common::{self, Events, missing_users};
+use crate::common::{Events, missing_users};
 use crate::table::Row;
 
 /// A file of `n` new users, each row padded with 40 extra columns of 1,000 characters (cells
@@ -35,67 +35,6 @@ fn padded_csv(tag: &str, n: usize) -> String {
         ));
     }
     csv
-}
-
-/// uid of a user, from /etc/passwd.
-fn uid_of(user: &str) -> Result<u32> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 4 && f[0] == user)
-        .and_then(|f| f[2].parse().ok())
-        .with_context(|| format!("no uid for {user} in /etc/passwd"))
-}
-
-/// (pid, ppid, real uid) of every `vsftpd` process.
-fn vsftpd_processes() -> Vec<(u32, u32, u32)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        };
-        if field("Name:").as_deref() != Some("vsftpd") {
-            continue;
-        }
-        let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let uid = field("Uid:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u32::MAX);
-        out.push((pid, ppid, uid));
-    }
-    out
-}
-
-/// SIGKILLs the FTP sessions of `uid`: each process running as it, and its privileged parent
-/// (a vsftpd process itself, below the listener). Returns how many processes were killed.
-fn kill_sessions_of(uid: u32) -> usize {
-    let procs = vsftpd_processes();
-    let mut victims = Vec::new();
-    for (pid, ppid, puid) in &procs {
-        if *puid == uid {
-            victims.push(*pid);
-            if procs.iter().any(|(p, _, _)| p == ppid) {
-                // The session's privileged half; the listener is its parent, never killed.
-                victims.push(*ppid);
-            }
-        }
-    }
-    victims.sort_unstable();
-    victims.dedup();
-    victims
-        .iter()
-        .filter(|pid| common::signal(**pid, "KILL").is_ok())
-        .count()
 }
 
 /// vsftpd's log from byte `from`.
@@ -127,7 +66,6 @@ pub async fn run(plan: Plan, _rng: StdRng) -> Result<Row> {
 async fn trials(env: &FleetEnv, plan: Plan, row: &mut Row) -> Result<()> {
     let log_file = harness::ftps().await.log_file.clone();
     let user = env.tenant(0).to_owned();
-    let uid = uid_of(&user)?;
     let domain = env.domain(0);
     let (tx, mut events) = Events::new();
     let workers = [
@@ -162,7 +100,7 @@ async fn trials(env: &FleetEnv, plan: Plan, row: &mut Row) -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let killed = kill_sessions_of(uid);
+            let killed = harness::servers::sessions::kill_sessions(harness::Server::Vsftpd, &user);
             let at_kill = log_since(&log_file, from);
             // The file's own download (a scheduled job also downloads its tick record first).
             let done_before = at_kill.lines().any(|l| {
