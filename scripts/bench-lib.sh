@@ -174,12 +174,16 @@ bench_mail_count() { find "$UI_MAILDIR/new" -type f | wc -l; }
 
 # bench_worker_once TAG: `worker once --tenant demo` under /usr/bin/time -v; sets W_JSON (its
 # line), W_WALL (s), W_RSS_KIB (max RSS). Fails unless the outcome is `imported`.
+# BENCH_WORKER_WRAP: a command the worker runs under, e.g. "heaptrack -o /tmp/rss" for a heap
+# profile (then the RSS figure is not the worker's alone).
 bench_worker_once() {
   local tag=$1 t0 t1
   t0=$(date +%s.%N)
+  local -a wrap
+  read -r -a wrap <<<"${BENCH_WORKER_WRAP:-}"
   USER_IMPORT_CONFIG="$SCRATCH/worker.toml" RUST_LOG=${BENCH_WORKER_LOG:-warn} \
     timeout "${BENCH_WORKER_TIMEOUT:-1800}" /usr/bin/time -v -o "$SCRATCH/time-$tag.txt" \
-    "$BIN/worker" once --tenant demo >"$SCRATCH/once-$tag.json" 2>"$SCRATCH/once-$tag.err" || {
+    "${wrap[@]}" "$BIN/worker" once --tenant demo >"$SCRATCH/once-$tag.json" 2>"$SCRATCH/once-$tag.err" || {
     tail -n 20 "$SCRATCH/once-$tag.err" >&2
     cat "$SCRATCH/once-$tag.json" >&2
     die "worker once ($tag) failed"

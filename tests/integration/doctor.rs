@@ -12,6 +12,7 @@ use platform_fake::{FakeConfig, FakeUser, TenantSeed};
 use serde_json::Value;
 
 use harness::fixtures::{SettingsFile, TenantEntry};
+use harness::servers::smtp_relay::{relay, settings as smtp_settings};
 use harness::tenant_env::{Options, TenantEnv};
 
 const CSV: &str = "Username,First name,Surname,Department\nann,Ann,Lee,Sales\n";
@@ -556,97 +557,6 @@ async fn an_sftp_server_whose_host_key_is_not_the_pinned_one_fails_the_host_key_
     assert_eq!(t.account.snapshot(), before);
 }
 
-/// A relay on TLS — from the first byte (`implicit`) or after `STARTTLS` — with the harness's
-/// server certificate, accepting every address. Answers what it was sent: the commands before
-/// TLS as `plain: …`, then those over TLS.
-fn tls_relay(
-    certs: &harness::TestCerts,
-    implicit: bool,
-) -> (u16, std::thread::JoinHandle<Vec<String>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let config = harness::servers::certs::server_config(&certs.server_cert, &certs.server_key);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let relay = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let Ok((mut tcp, _)) = listener.accept() else {
-            return seen;
-        };
-        let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-        if !implicit {
-            let _ = tcp.write_all(b"220 relay.test ESMTP\r\n");
-            let mut plain = BufReader::new(tcp.try_clone().unwrap_or_else(|e| panic!("{e}")));
-            loop {
-                let mut line = String::new();
-                if plain.read_line(&mut line).unwrap_or(0) == 0 {
-                    return seen;
-                }
-                let line = line.trim_end().to_owned();
-                seen.push(format!("plain: {line}"));
-                let answer: &[u8] = match line.as_str() {
-                    "STARTTLS" => b"220 2.0.0 go ahead\r\n",
-                    l if l.starts_with("EHLO") => b"250-relay.test\r\n250 STARTTLS\r\n",
-                    _ => b"530 5.7.0 STARTTLS first\r\n",
-                };
-                let _ = tcp.write_all(answer);
-                if line == "STARTTLS" {
-                    break;
-                }
-            }
-        }
-        let conn = rustls::ServerConnection::new(config).unwrap_or_else(|e| panic!("{e}"));
-        let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-        if implicit
-            && tls
-                .get_mut()
-                .write_all(b"220 relay.test ESMTP\r\n")
-                .is_err()
-        {
-            return seen;
-        }
-        loop {
-            let mut line = String::new();
-            // A client that refused the certificate ends here, having sent nothing.
-            if tls.read_line(&mut line).unwrap_or(0) == 0 {
-                return seen;
-            }
-            let line = line.trim_end().to_owned();
-            let answer: &[u8] = match line.split([' ', ':']).next().unwrap_or("") {
-                "EHLO" => b"250-relay.test\r\n250 8BITMIME\r\n",
-                "QUIT" => b"221 bye\r\n",
-                _ => b"250 ok\r\n",
-            };
-            seen.push(line.clone());
-            let _ = tls.get_mut().write_all(answer);
-            let _ = tls.get_mut().flush();
-            if line == "QUIT" {
-                return seen;
-            }
-        }
-    });
-    (port, relay)
-}
-
-fn smtp_settings(
-    port: u16,
-    tls: shared::settings::SmtpTls,
-    ca: &Path,
-) -> shared::settings::SmtpSettings {
-    shared::settings::SmtpSettings {
-        host: "127.0.0.1".into(),
-        port,
-        tls,
-        ca_file: Some(ca.to_owned()),
-        username: None,
-        password: shared::secret::Secret::default(),
-        from: "User import <ui@fleet.example.com>".into(),
-        timeout: std::time::Duration::from_secs(10),
-    }
-}
-
 const OVER_TLS: [&str; 5] = [
     "EHLO fleet.example.com",
     "MAIL FROM:<ui@fleet.example.com>",
@@ -659,13 +569,13 @@ const OVER_TLS: [&str; 5] = [
 async fn the_smtp_check_upgrades_with_starttls_and_asks_for_the_admin_over_tls_only() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let certs = harness::servers::certs::generate(dir.path());
-    let (port, relay) = tls_relay(&certs, false);
+    let (port, relay) = relay(&certs, false);
     let settings = smtp_settings(port, shared::settings::SmtpTls::Starttls, &certs.ca_file);
     let got = worker::doctor::smtp::probe_recipient(&settings, "admin@acme.example")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(got.tls);
-    let seen = relay.join().unwrap_or_default();
+    let seen = relay.join().unwrap_or_default().commands;
     assert_eq!(
         seen[..2],
         ["plain: EHLO fleet.example.com", "plain: STARTTLS"]
@@ -677,18 +587,18 @@ async fn the_smtp_check_upgrades_with_starttls_and_asks_for_the_admin_over_tls_o
 async fn the_smtp_check_speaks_tls_from_the_first_byte_when_told_to() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let certs = harness::servers::certs::generate(dir.path());
-    let (port, relay) = tls_relay(&certs, true);
+    let (port, relay) = relay(&certs, true);
     let settings = smtp_settings(port, shared::settings::SmtpTls::Tls, &certs.ca_file);
     let got = worker::doctor::smtp::probe_recipient(&settings, "admin@acme.example").await;
     assert!(got.is_ok_and(|a| a.tls));
-    assert_eq!(relay.join().unwrap_or_default(), OVER_TLS);
+    assert_eq!(relay.join().unwrap_or_default().commands, OVER_TLS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_certificate_from_an_unknown_ca_is_refused_before_any_address_is_sent() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let certs = harness::servers::certs::generate(dir.path());
-    let (port, relay) = tls_relay(&certs, false);
+    let (port, relay) = relay(&certs, false);
     let settings = smtp_settings(
         port,
         shared::settings::SmtpTls::Starttls,
@@ -699,6 +609,6 @@ async fn a_relay_certificate_from_an_unknown_ca_is_refused_before_any_address_is
         matches!(got, Err(worker::doctor::smtp::SmtpError::Tls { .. })),
         "{got:?}"
     );
-    let seen = relay.join().unwrap_or_default();
+    let seen = relay.join().unwrap_or_default().commands;
     assert_eq!(seen, ["plain: EHLO fleet.example.com", "plain: STARTTLS"]);
 }

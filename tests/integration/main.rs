@@ -41,6 +41,8 @@
 //!   key, an unknown CA, a missing folder, an unknown admin, an unreachable SMTP host each fail
 //!   their step with its hint; nothing changes on the account or the platform; its SMTP dialogue
 //!   over STARTTLS and TLS with the relay's certificate verified.
+//! - `mailer`: the report email over STARTTLS and TLS from the first byte, its attachment sent
+//!   from its file part by part and received byte for byte.
 //! - `monitoring`: every metric the alert rules and the dashboard use is served by the binaries.
 
 mod admin_outcomes;
@@ -52,6 +54,7 @@ mod fake_api;
 mod fleet;
 mod import_engine;
 mod job_run;
+mod mailer;
 mod monitoring;
 mod observability;
 mod otlp_http;

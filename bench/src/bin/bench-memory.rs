@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
                 format!("csv {size} bytes, read whole: {} bytes", bytes.len())
             } else {
                 let a = worker::email::attachment_from_file(&csv, "report", u64::MAX).await?;
-                let zipped = a.map(|a| a.bytes.len()).unwrap_or(0);
+                let zipped = a.map(|a| a.content.len()).unwrap_or(0);
                 format!("csv {size} bytes, zip {zipped} bytes")
             }
         }

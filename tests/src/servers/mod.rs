@@ -26,6 +26,7 @@ pub mod rabbitmq;
 pub mod sessions;
 pub mod sftp;
 pub mod smtp;
+pub mod smtp_relay;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
