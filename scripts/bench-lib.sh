@@ -189,7 +189,8 @@ bench_worker_once() {
     die "worker once ($tag) failed"
   }
   t1=$(date +%s.%N)
-  W_JSON=$(tail -n 1 "$SCRATCH/once-$tag.json")
+  # The last JSON line: a wrapper (heaptrack) may print its own lines after the worker's.
+  W_JSON=$(grep '^{' "$SCRATCH/once-$tag.json" | tail -n 1)
   W_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   W_RSS_KIB=$(sed -n 's/^[[:space:]]*Maximum resident set size (kbytes): //p' "$SCRATCH/time-$tag.txt")
   [[ $(jq -r .outcome <<<"$W_JSON") == imported ]] || die "worker once ($tag): not imported: $W_JSON"

@@ -15,8 +15,11 @@
 # zipped report attached when it is within email::ZIP_ATTACHMENT_LIMIT (checked: the zip's CSV
 # has one line per row plus the header), else with the body saying it is too large to attach.
 #
-# Knobs: BENCH_RSS_SIZES ("10000 200000 360000 1000000 2000000"), BENCH_RSS_CONCURRENCY (64),
-# BENCH_POLL_MS (platform.status_poll_interval; unset: the fleet's default).
+# Knobs: BENCH_RSS_SIZES ("10000 200000 360000 1000000 2000000"), BENCH_RSS_CONCURRENCY (8, the
+# fleet's default import.concurrency),
+# BENCH_POLL_MS (platform.status_poll_interval; unset: the fleet's default), BENCH_WORKER_WRAP (a
+# command the worker runs under: `heaptrack -o FILE`, or scripts/rss-sample.sh OUT for RssAnon and
+# RssFile over time).
 # Needs root; about 25 minutes on 2 cores (the 2 M-row run about half of it). The whole output of a
 # successful run is kept in docs/bench-rss-latest.txt.
 set -euo pipefail
@@ -40,7 +43,7 @@ fi
 . "$ROOT/scripts/bench-lib.sh"
 
 SIZES=${BENCH_RSS_SIZES:-"10000 200000 360000 1000000 2000000"}
-CONCURRENCY=${BENCH_RSS_CONCURRENCY:-64}
+CONCURRENCY=${BENCH_RSS_CONCURRENCY:-8}
 PYTHON=/usr/bin/python3
 
 bench_setup
