@@ -27,22 +27,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-OUT="$ROOT/docs/bench-contenders-latest.txt"
-if [[ -z ${BENCH_INNER:-} ]]; then
-  LOG=$(mktemp "${TMPDIR:-/tmp}/bench-contenders-output.XXXXXX")
-  set +e
-  BENCH_INNER=1 "${BASH_SOURCE[0]}" "$@" 2>&1 | tee "$LOG"
-  status=${PIPESTATUS[0]}
-  set -e
-  if ((status == 0)); then
-    mv "$LOG" "$OUT" && chmod 644 "$OUT" && echo "output kept in ${OUT#"$ROOT"/}"
-  else
-    echo "bench: failed (exit $status); the output is in $LOG" >&2
-  fi
-  exit "$status"
-fi
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
+bench_keep_output bench-contenders-latest.txt "$@"
 
 LATENCY=${BENCH_LATENCY_MS:-20}
 SIZES=${BENCH_SIZES:-"2000:8 20000:32"}

@@ -19,6 +19,26 @@ die() {
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p" | head -n1; }
 
+# bench_keep_output NAME ARGS…: called first by a bench script. Runs the script again (as the
+# inner run) with its output on the terminal and in a log, keeps that log as docs/NAME when the run
+# succeeds, and exits with the run's status. Returns at once in the inner run.
+bench_keep_output() {
+  [[ -z ${BENCH_INNER:-} ]] || return 0
+  local out="$ROOT/docs/$1" log status
+  shift
+  log=$(mktemp "${TMPDIR:-/tmp}/$(basename "$out" -latest.txt)-output.XXXXXX")
+  set +e
+  BENCH_INNER=1 "$0" "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  if ((status == 0)); then
+    mv "$log" "$out" && chmod 644 "$out" && echo "output kept in ${out#"$ROOT"/}"
+  else
+    echo "bench: failed (exit $status); the output is in $log" >&2
+  fi
+  exit "$status"
+}
+
 BENCH_FAKE_PID=""
 BENCH_REDIS_PREFIX="bench-$$"
 bench_cleanup() {

@@ -25,22 +25,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-OUT="$ROOT/docs/bench-rss-latest.txt"
-if [[ -z ${BENCH_INNER:-} ]]; then
-  LOG=$(mktemp "${TMPDIR:-/tmp}/bench-rss-output.XXXXXX")
-  set +e
-  BENCH_INNER=1 "${BASH_SOURCE[0]}" "$@" 2>&1 | tee "$LOG"
-  status=${PIPESTATUS[0]}
-  set -e
-  if ((status == 0)); then
-    mv "$LOG" "$OUT" && chmod 644 "$OUT" && echo "output kept in ${OUT#"$ROOT"/}"
-  else
-    echo "bench: failed (exit $status); the output is in $LOG" >&2
-  fi
-  exit "$status"
-fi
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
+bench_keep_output bench-rss-latest.txt "$@"
 
 SIZES=${BENCH_RSS_SIZES:-"10000 200000 360000 1000000 2000000"}
 CONCURRENCY=${BENCH_RSS_CONCURRENCY:-8}
